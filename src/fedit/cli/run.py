@@ -1,0 +1,214 @@
+"""`fedit run` and `fedit partition`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from fedit.cli.common import RichReporter, config_table, console, parse_kv, user_errors
+from fedit.config import Config
+from fedit.errors import ConfigError
+
+RESUMABLE_OVERRIDES = {"run.rounds", "run.eval_every", "run.eval_limit"}
+
+
+def build_config(config: Path | None, overrides: dict[str, Any]) -> Config:
+    cfg = Config.from_file(config) if config else Config()
+    return cfg.override(overrides)
+
+
+def eval_table(ev: dict[str, Any]) -> Table:
+    has_score = "base_score" in ev["mean"]
+    t = Table(title=f"held-out evaluation: base model vs global model after round {ev.get('rounds', '?')}")
+    t.add_column("category")
+    t.add_column("n", justify="right")
+    if has_score:
+        t.add_column("base score", justify="right")
+        t.add_column("final score", justify="right")
+    t.add_column("base loss", justify="right")
+    t.add_column("final loss", justify="right")
+    for cat, row in ev["per_category"].items():
+        cells = [cat, str(row["n"])]
+        if has_score:
+            cells += [f"{row['base_score']:.3f}", f"[bold]{row['final_score']:.3f}[/]"]
+        cells += [f"{row['base_loss']:.3f}", f"{row['final_loss']:.3f}"]
+        t.add_row(*cells)
+    m = ev["mean"]
+    cells = ["[bold]mean[/]", ""]
+    if has_score:
+        cells += [f"{m['base_score']:.3f}", f"[bold]{m['final_score']:.3f}[/]"]
+    cells += [f"{m['base_loss']:.3f}", f"{m['final_loss']:.3f}"]
+    t.add_row(*cells)
+    return t
+
+
+def run_summary(result: Any, wall: float) -> Table:
+    t = Table(title="run summary")
+    t.add_column("round", justify="right")
+    t.add_column("clients")
+    t.add_column("train loss", justify="right")
+    t.add_column("tokens", justify="right")
+    t.add_column("tok/s", justify="right")
+    t.add_column("round s", justify="right")
+    t.add_column("KiB up/down", justify="right")
+    for r in result.rounds:
+        m = r.metrics
+        tps = m["tokens"] / m["client_train_seconds"] if m["client_train_seconds"] else 0
+        t.add_row(str(r.round), ",".join(map(str, r.replied)), f"{m['train_loss']:.4f}", str(m["tokens"]),
+                  f"{tps:.0f}", f"{m['round_seconds'] + m['checkpoint_seconds']:.2f}",
+                  f"{m['bytes_up'] / 1024:.0f}/{m['bytes_down'] / 1024:.0f}")
+    t.caption = f"run directory: {result.run_dir}   wall time: {wall:.1f}s"
+    return t
+
+
+def run_command(
+    config: Path = typer.Option(None, "--config", "-c", help="TOML config file; flags override it."),
+    model: str = typer.Option(None, help="Base model: 'tiny' (shipped), a local path, or a Hugging Face hub name."),
+    data: str = typer.Option(None, help="Data: 'builtin', a JSON/JSONL/CSV/Parquet file or directory, a partition "
+                                        "directory from `fedit partition`, or a HF dataset name/saved directory."),
+    format: str = typer.Option(None, "--format", help="auto | dolly | alpaca | messages"),
+    field: list[str] = typer.Option(None, "--field", help="Field mapping, e.g. --field instruction=question."),
+    test_data: str = typer.Option(None, help="Held-out data (default: builtin's test split or a stratified split)."),
+    template: str = typer.Option(None, help="auto | alpaca | alpaca-short | chat"),
+    cutoff_len: int = typer.Option(None, help="Max tokens per example."),
+    train_on_inputs: bool = typer.Option(None, "--train-on-inputs/--no-train-on-inputs"),
+    clients: int = typer.Option(None, help="Number of clients."),
+    partition: str = typer.Option(None, help="iid | shards | dirichlet | quantity | by-field"),
+    alpha: float = typer.Option(None, help="Dirichlet/quantity concentration (smaller = more skewed)."),
+    partition_field: str = typer.Option(None, help="by-field: the record field or meta key."),
+    test_size: int = typer.Option(None, help="Held-out items per category when splitting the data."),
+    rounds: int = typer.Option(None, help="Communication rounds."),
+    fraction: float = typer.Option(None, help="Fraction of clients sampled per round."),
+    clients_per_round: int = typer.Option(None, help="Clients per round (overrides --fraction)."),
+    min_clients: int = typer.Option(None, help="Minimum replies for a round to count."),
+    local_steps: int = typer.Option(None, help="Optimizer steps per client per round."),
+    local_epochs: float = typer.Option(None, help="Epochs per client per round (if --local-steps is not set)."),
+    batch_size: int = typer.Option(None, help="Examples per optimizer step."),
+    micro_batch_size: int = typer.Option(None, help="Examples per forward pass (gradient accumulation)."),
+    lr: float = typer.Option(None, help="Client learning rate."),
+    lr_schedule: str = typer.Option(None, help="constant | linear | cosine"),
+    weight_decay: float = typer.Option(None),
+    max_grad_norm: float = typer.Option(None),
+    lora_r: int = typer.Option(None),
+    lora_alpha: int = typer.Option(None),
+    lora_dropout: float = typer.Option(None),
+    lora_targets: str = typer.Option(None, help="Comma-separated module names, or all-linear."),
+    strategy: str = typer.Option(None, help="fedavg | fedadam | fedprox"),
+    server_lr: float = typer.Option(None, help="FedAdam server learning rate."),
+    mu: float = typer.Option(None, help="FedProx proximal weight."),
+    seed: int = typer.Option(None),
+    out: str = typer.Option(None, help="Run directory (default runs/run-<time>)."),
+    resume: Path = typer.Option(None, help="Continue the run in this directory from its last complete round."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out directory."),
+    eval_every: int = typer.Option(None, help="Evaluate every K rounds (base and final are always evaluated)."),
+    eval_limit: int = typer.Option(None, help="Held-out items used in evaluation."),
+    engine: str = typer.Option(None, help="simulation | flower"),
+    nodes: int = typer.Option(None, help="Flower: SuperNodes to start on loopback."),
+    device: str = typer.Option(None, help="auto | cpu | cuda | mps"),
+    dtype: str = typer.Option(None, help="auto | float32 | bfloat16 | float16"),
+    quantization: str = typer.Option(None, help="4bit | 8bit (CUDA only)"),
+) -> None:
+    """Federated instruction tuning. With no arguments: the tiny shipped model on the built-in suite, 10 clients."""
+    overrides: dict[str, Any] = {
+        "model.name": model, "model.device": device, "model.dtype": dtype, "model.quantization": quantization,
+        "data.source": data, "data.format": format, "data.fields": parse_kv(field, "--field") or None,
+        "data.test_source": test_data, "data.template": template, "data.cutoff_len": cutoff_len,
+        "data.train_on_inputs": train_on_inputs,
+        "partition.clients": clients, "partition.scheme": partition, "partition.alpha": alpha,
+        "partition.field": partition_field, "partition.test_size": test_size,
+        "run.rounds": rounds, "run.fraction": fraction, "run.clients_per_round": clients_per_round,
+        "run.min_clients": min_clients, "run.seed": seed, "run.out": out, "run.eval_every": eval_every,
+        "run.eval_limit": eval_limit, "run.engine": engine, "run.nodes": nodes,
+        "client.local_steps": local_steps, "client.local_epochs": local_epochs, "client.batch_size": batch_size,
+        "client.micro_batch_size": micro_batch_size, "client.lr": lr, "client.lr_schedule": lr_schedule,
+        "client.weight_decay": weight_decay, "client.max_grad_norm": max_grad_norm,
+        "lora.r": lora_r, "lora.alpha": lora_alpha, "lora.dropout": lora_dropout,
+        "lora.targets": lora_targets.split(",") if lora_targets else None,
+        "strategy.name": strategy, "strategy.server_lr": server_lr, "strategy.mu": mu,
+    }
+    _run(config, overrides, resume, overwrite)
+
+
+@user_errors
+def _run(config: Path | None, overrides: dict[str, Any], resume: Path | None, overwrite: bool) -> None:
+    from fedit import pipeline
+
+    if resume is not None:
+        given = {k for k, v in overrides.items() if v is not None}
+        if config is not None or given - RESUMABLE_OVERRIDES:
+            bad = sorted(given - RESUMABLE_OVERRIDES) or ["--config"]
+            raise ConfigError(f"--resume continues a run with its saved settings; only --rounds, --eval-every and "
+                              f"--eval-limit may change (got {', '.join(bad)})")
+        saved = resume / "config.toml"
+        if not saved.is_file():
+            raise ConfigError(f"cannot resume: {resume} is not a fedit run directory (no config.toml)")
+        cfg = build_config(saved, overrides)
+    else:
+        if overrides.get("run.out") is None:
+            overrides["run.out"] = time.strftime("runs/run-%Y%m%d-%H%M%S")
+        cfg = build_config(config, overrides)
+        if overrides.get("client.local_epochs") is not None and overrides.get("client.local_steps") is None:
+            cfg.client.local_steps = None  # explicit --local-epochs wins over a config file's local_steps
+    console.print(config_table(cfg.to_dict()))
+    t0 = time.perf_counter()
+    if cfg.run.engine == "flower":
+        from fedit.engines.flower.launcher import run_flower
+
+        result = run_flower(cfg, resume=resume, overwrite=overwrite)
+    else:
+        with RichReporter() as reporter:
+            result = pipeline.run(cfg, resume=resume, overwrite=overwrite, reporter=reporter)
+    wall = time.perf_counter() - t0
+    console.print(run_summary(result, wall))
+    if result.eval:
+        console.print(eval_table(result.eval))
+    console.print(f"final adapter: {Path(result.run_dir) / 'final'}")
+
+
+def partition_command(
+    data: str = typer.Option(..., help="Records to partition (any source `fedit run --data` accepts)."),
+    clients: int = typer.Option(..., help="Number of clients."),
+    scheme: str = typer.Option("dirichlet", help="iid | shards | dirichlet | quantity | by-field"),
+    alpha: float = typer.Option(0.5, help="Dirichlet/quantity concentration (> 0)."),
+    field_name: str = typer.Option(None, "--by", help="by-field: the record field or meta key."),
+    min_size: int = typer.Option(None, help="Minimum records per client."),
+    test_size: int = typer.Option(10, help="Held-out records per category (0 = none)."),
+    format: str = typer.Option("auto", "--format"),
+    field: list[str] = typer.Option(None, "--field", help="Field mapping, e.g. --field instruction=question."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(..., help="Output directory."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty output directory."),
+) -> None:
+    """Split data across clients (one JSONL per client), with a held-out test split, stats and a heterogeneity plot."""
+    _partition(data, clients, scheme, alpha, field_name, min_size, test_size, format, field, seed, out, overwrite)
+
+
+@user_errors
+def _partition(data: str, clients: int, scheme: str, alpha: float, field_name: str | None, min_size: int | None,
+               test_size: int, format: str, field: list[str] | None, seed: int, out: Path, overwrite: bool) -> None:
+    import shutil
+
+    from fedit.data.sources import load_records
+    from fedit.errors import CheckpointError
+    from fedit.partition import partition, split_test, stats_table, write_partition
+
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise CheckpointError(f"output directory {out} is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    records = load_records(data, format=format, field_map=parse_kv(field, "--field"))
+    test_records = []
+    if test_size > 0:
+        train_idx, test_idx = split_test(records, test_size, seed=seed)
+        test_records = [records[i] for i in test_idx]
+        records = [records[i] for i in train_idx]
+    parts = partition(records, clients, scheme, seed=seed, alpha=alpha, min_size=min_size, field=field_name)
+    stats = write_partition(out, records, parts, test_records, scheme=scheme, seed=seed, alpha=alpha)
+    console.print(stats_table(stats))
+    console.print(f"{len(parts)} clients, {len(records)} training and {len(test_records)} held-out records "
+                  f"written to {out} in {time.perf_counter() - t0:.2f}s (stats.json, heterogeneity.png)")

@@ -1,0 +1,145 @@
+"""Local training of one client: the same function serves the in-process simulator and the Flower ClientApp.
+
+The base model stays loaded; only the LoRA payload is swapped in, trained with a fresh optimizer (as in FedIT), and
+read back out. Data order, dropout and micro-batching are seeded by (run seed, round, client), so a round can be
+replayed exactly after a resume.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedit.client.objectives import ClientObjective
+from fedit.config import ClientConfig
+from fedit.data.tokenize import IGNORE_INDEX, TokenizedData, collate, iter_micro_batches
+from fedit.errors import ClientError
+from fedit.model.lora import AdapterSlots
+from fedit.types import ClientUpdate, Params
+
+StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
+
+
+def client_seed(seed: int, round_idx: int, client_id: int) -> int:
+    """A 63-bit seed unique to (run seed, round, client), stable across processes and machines."""
+    return int(np.random.SeedSequence([seed, round_idx, client_id]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+def num_local_steps(cfg: ClientConfig, num_examples: int) -> int:
+    if cfg.local_steps is not None:
+        return cfg.local_steps
+    assert cfg.local_epochs is not None
+    return max(1, math.ceil(cfg.local_epochs * num_examples / cfg.batch_size))
+
+
+def lr_at(cfg: ClientConfig, step: int, total: int) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant" or total <= cfg.warmup_steps:
+        return cfg.lr
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * (1.0 - progress)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class LocalTrainer:
+    """Holds what stays loaded across clients and rounds: the PEFT model and its adapter slots."""
+
+    model: Any
+    slots: AdapterSlots
+    pad_id: int
+
+    @classmethod
+    def for_model(cls, peft_model: Any, tokenizer: Any) -> LocalTrainer:
+        return cls(peft_model, AdapterSlots(peft_model), tokenizer.pad_token_id)
+
+
+def train_client(
+    trainer: LocalTrainer,
+    global_params: Params,
+    data: TokenizedData,
+    cfg: ClientConfig,
+    *,
+    client_id: int,
+    round_idx: int,
+    seed: int,
+    objective: ClientObjective | None = None,
+    on_step: StepCallback | None = None,
+) -> ClientUpdate:
+    """Train the adapter on one client's data, starting from `global_params`; returns the new payload."""
+    if len(data) == 0:
+        raise ClientError(f"client {client_id} has no trainable examples (all were empty after the cutoff)")
+    model, slots = trainer.model, trainer.slots
+    device = next(iter(slots.params.values())).device
+    slots.set(global_params)
+    if objective is not None:
+        objective.start(global_params, slots)
+
+    cs = client_seed(seed, round_idx, client_id)
+    rng = np.random.default_rng(cs)
+    torch.manual_seed(cs)  # LoRA dropout
+    params = slots.trainable()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    accum = cfg.batch_size // cfg.micro_batch_size
+    total = num_local_steps(cfg, len(data))
+    batches = iter_micro_batches(data, cfg.micro_batch_size, rng, cfg.group_by_length)
+
+    model.train()
+    t0 = time.perf_counter()
+    loss_sum, loss_tokens, real_tokens = 0.0, 0, 0
+    for step in range(total):
+        micro = [collate(data, next(batches), trainer.pad_id) for _ in range(accum)]
+        # Normalise by the label tokens of the whole optimizer batch: every token weighs the same,
+        # whatever micro-batch it landed in.
+        step_tokens = sum(int((m["labels"][:, 1:] != IGNORE_INDEX).sum()) for m in micro)
+        step_loss = 0.0
+        for m in micro:
+            m = {k: v.to(device) for k, v in m.items()}
+            logits = model(input_ids=m["input_ids"], attention_mask=m["attention_mask"]).logits
+            shift_logits = logits[:, :-1].float()
+            shift_labels = m["labels"][:, 1:]
+            token_loss = torch.nn.functional.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                ignore_index=IGNORE_INDEX, reduction="sum",
+            )
+            loss = token_loss / max(1, step_tokens)
+            if objective is not None:
+                loss = loss + objective.penalty(slots) / accum
+            loss.backward()
+            step_loss += token_loss.item()
+            real_tokens += int(m["attention_mask"].sum())
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step, total)
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_sum += step_loss
+        loss_tokens += step_tokens
+        if on_step is not None:
+            on_step(step + 1, total, step_loss / max(1, step_tokens))
+    if not math.isfinite(loss_sum):
+        raise ClientError(f"client {client_id}: training loss became {loss_sum} in round {round_idx}; lower the lr")
+    seconds = time.perf_counter() - t0
+    model.eval()
+    return ClientUpdate(
+        client_id=client_id,
+        params=slots.get(),
+        num_examples=len(data),
+        metrics={
+            "loss": loss_sum / max(1, loss_tokens),
+            "steps": float(total),
+            "tokens": float(real_tokens),
+            "label_tokens": float(loss_tokens),
+            "seconds": seconds,
+            "tokens_per_s": real_tokens / seconds if seconds > 0 else 0.0,
+        },
+    )

@@ -1,0 +1,246 @@
+"""One typed configuration for a run: nested dataclasses, loaded from TOML, overridden by CLI flags, saved with the run."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import tomli_w
+import tomllib
+
+from fedit.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"  # "tiny" (shipped base), a local path, or a Hugging Face hub name
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+    quantization: str | None = None  # None | "4bit" | "8bit" (GPU only, bitsandbytes)
+    attn_implementation: str | None = None  # None = transformers' default (sdpa where available)
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: list[str] | None = None  # None = a good default for the architecture; ["all-linear"] for every linear
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin"  # builtin | file | directory | HF dataset name or saved dataset directory
+    format: str = "auto"  # auto | dolly | alpaca | messages
+    fields: dict[str, str] = field(default_factory=dict)  # record field -> source column, e.g. instruction=question
+    test_source: str | None = None  # held-out set; None = builtin's test split, or a stratified split of `source`
+    template: str = "auto"  # auto | alpaca | alpaca-short | chat
+    cutoff_len: int = 256
+    train_on_inputs: bool = False
+    add_eos: bool = True
+
+
+@dataclass
+class PartitionConfig:
+    clients: int = 10
+    scheme: str = "shards"  # iid | shards | dirichlet | quantity | by-field
+    alpha: float = 0.5
+    test_size: int = 10  # held-out items per category when test_source is None and source is not builtin
+    min_size: int | None = None
+    field: str | None = None  # by-field: record field or meta key
+
+
+@dataclass
+class ClientConfig:
+    local_epochs: float | None = 1.0
+    local_steps: int | None = None  # overrides local_epochs when set
+    batch_size: int = 16
+    micro_batch_size: int = 8
+    lr: float = 3e-4
+    lr_schedule: str = "constant"  # constant | linear | cosine (per client, per round)
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    group_by_length: bool = True
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "fedavg"  # fedavg | fedadam | fedprox
+    server_lr: float = 1e-2  # fedadam: eta
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3  # fedadam: adaptivity
+    mu: float = 0.01  # fedprox: proximal weight
+
+
+@dataclass
+class RunConfig:
+    rounds: int = 3
+    fraction: float = 0.3
+    clients_per_round: int | None = None  # overrides fraction when set
+    min_clients: int = 1
+    seed: int = 0
+    out: str = "runs/default"
+    engine: str = "simulation"  # simulation | flower
+    nodes: int = 2  # flower loopback launcher: SuperNodes to start
+    eval_every: int = 0  # evaluate the global model every K rounds (0 = only base and final)
+    eval_limit: int | None = None  # held-out items used by in-loop evaluation (None = all)
+    eval_generate: bool = True  # generation-based scores in addition to loss
+    max_new_tokens: int = 32
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # ---- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> Config:
+        cfg = _build(cls, data, where)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Config:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        if path.suffix != ".toml":
+            raise ConfigError(f"{path}: expected a .toml config file, got {path.suffix or 'no extension'!r}")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        return cls.from_dict(data, where=str(path))
+
+    def override(self, dotted: dict[str, Any]) -> Config:
+        """A copy with `section.key` values replaced (CLI flags); None values are ignored."""
+        data = self.to_dict(keep_none=True)
+        for key, value in dotted.items():
+            if value is None:
+                continue
+            section, _, name = key.partition(".")
+            if section not in data or name not in data[section]:
+                raise ConfigError(f"unknown setting {key!r}")
+            data[section][name] = value
+        return Config.from_dict(data, where="command line")
+
+    def to_dict(self, keep_none: bool = False) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if not keep_none:
+            d = {s: {k: v for k, v in sec.items() if v is not None} for s, sec in d.items()}
+        return d
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def save(self, path: str | Path) -> None:
+        from fedit.server.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_toml())
+
+    # ---- validation ---------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        c, r, p, s, lo, d = self.client, self.run, self.partition, self.strategy, self.lora, self.data
+        checks = [
+            (p.clients >= 1, "partition.clients", p.clients, "an integer >= 1"),
+            (p.alpha > 0, "partition.alpha", p.alpha, "a number > 0"),
+            (p.test_size >= 0, "partition.test_size", p.test_size, "an integer >= 0"),
+            (r.rounds >= 1, "run.rounds", r.rounds, "an integer >= 1"),
+            (0 < r.fraction <= 1, "run.fraction", r.fraction, "a number in (0, 1]"),
+            (r.clients_per_round is None or r.clients_per_round >= 1, "run.clients_per_round", r.clients_per_round,
+             "an integer >= 1"),
+            (r.min_clients >= 1, "run.min_clients", r.min_clients, "an integer >= 1"),
+            (r.engine in ("simulation", "flower"), "run.engine", r.engine, "'simulation' or 'flower'"),
+            (r.nodes >= 1, "run.nodes", r.nodes, "an integer >= 1"),
+            (r.eval_every >= 0, "run.eval_every", r.eval_every, "an integer >= 0"),
+            (c.batch_size >= 1, "client.batch_size", c.batch_size, "an integer >= 1"),
+            (c.micro_batch_size >= 1, "client.micro_batch_size", c.micro_batch_size, "an integer >= 1"),
+            (c.batch_size % c.micro_batch_size == 0, "client.batch_size", c.batch_size,
+             f"a multiple of client.micro_batch_size ({c.micro_batch_size})"),
+            (c.lr > 0, "client.lr", c.lr, "a number > 0"),
+            (c.lr_schedule in ("constant", "linear", "cosine"), "client.lr_schedule", c.lr_schedule,
+             "constant, linear or cosine"),
+            (c.local_steps is None or c.local_steps >= 1, "client.local_steps", c.local_steps, "an integer >= 1"),
+            (c.local_epochs is None or c.local_epochs > 0, "client.local_epochs", c.local_epochs, "a number > 0"),
+            (c.local_steps is not None or c.local_epochs is not None, "client.local_epochs", None,
+             "local_epochs or local_steps to be set"),
+            (c.max_grad_norm >= 0, "client.max_grad_norm", c.max_grad_norm, "a number >= 0 (0 disables clipping)"),
+            (lo.r >= 1, "lora.r", lo.r, "an integer >= 1"),
+            (lo.alpha > 0, "lora.alpha", lo.alpha, "a number > 0"),
+            (0 <= lo.dropout < 1, "lora.dropout", lo.dropout, "a number in [0, 1)"),
+            (d.cutoff_len >= 8, "data.cutoff_len", d.cutoff_len, "an integer >= 8"),
+            (s.server_lr > 0, "strategy.server_lr", s.server_lr, "a number > 0"),
+            (s.mu >= 0, "strategy.mu", s.mu, "a number >= 0"),
+            (self.model.quantization in (None, "4bit", "8bit"), "model.quantization", self.model.quantization,
+             "4bit or 8bit"),
+        ]
+        for ok, key, got, expected in checks:
+            if not ok:
+                raise ConfigError(f"{key}: got {got!r}, expected {expected}")
+
+
+def _build(cls: type, data: Any, where: str, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a dict, checking unknown keys and value types, naming the offending key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: [{prefix.rstrip('.') or 'root'}] should be a table, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting {prefix}{unknown[0]!r}; known in this section: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if is_dataclass(tp):
+            kwargs[name] = _build(tp, value, where, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}{name}", where)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{where}: {key} must be set (got nothing)")
+    if args and type(None) in args:  # Optional[X]
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, where)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: {key}: expected a list of strings, got {value!r}")
+        return list(value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{where}: {key}: expected a table of strings, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: {key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: {key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: {key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: {key}: expected a string, got {value!r}")
+    return value

@@ -1,0 +1,129 @@
+"""Tokenization with label masking, cutoff and EOS; length-grouped micro-batches with dynamic padding.
+
+Each client's data is tokenized once (`TokenizedData`) and reused every round; only the batch order changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedit.data.records import Record
+from fedit.data.templates import Template
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TokenizedData:
+    """Token ids and labels of one client's records (labels are IGNORE_INDEX where no loss is taken)."""
+
+    input_ids: list[list[int]]
+    labels: list[list[int]]
+    categories: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+    @property
+    def num_label_tokens(self) -> int:
+        return sum(sum(1 for t in lab if t != IGNORE_INDEX) for lab in self.labels)
+
+
+def bos_prefix(template: Template, tokenizer: Any) -> list[int]:
+    """[bos] when the tokenizer uses one and the template does not write it itself (chat templates do)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None or template.eos_in_text or not getattr(tokenizer, "add_bos_token", True):
+        return []
+    return [bos]
+
+
+def encode_prompt(prompt: str, template: Template, tokenizer: Any) -> list[int]:
+    """Token ids of a generation prompt, prefixed exactly as in training."""
+    return bos_prefix(template, tokenizer) + tokenizer.encode(prompt, add_special_tokens=False)
+
+
+def encode_record(
+    record: Record, template: Template, tokenizer: Any, cutoff_len: int, train_on_inputs: bool, add_eos: bool
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels for one record; truncated to `cutoff_len` tokens (the end is cut, as in Alpaca/FedIT)."""
+    ids: list[int] = bos_prefix(template, tokenizer)
+    labels: list[int] = [IGNORE_INDEX] * len(ids)
+    for text, trainable in template.segments(record):
+        seg = tokenizer.encode(text, add_special_tokens=False) if text else []
+        if trainable and add_eos and not template.eos_in_text and tokenizer.eos_token_id is not None:
+            seg = seg + [tokenizer.eos_token_id]
+        ids.extend(seg)
+        labels.extend(seg if (trainable or train_on_inputs) else [IGNORE_INDEX] * len(seg))
+    return ids[:cutoff_len], labels[:cutoff_len]
+
+
+def tokenize_records(
+    records: Sequence[Record],
+    template: Template,
+    tokenizer: Any,
+    cutoff_len: int = 256,
+    train_on_inputs: bool = False,
+    add_eos: bool = True,
+) -> TokenizedData:
+    """Tokenize records; examples left with no trainable token after the cutoff are dropped."""
+    ids_all, labels_all, cats = [], [], []
+    for r in records:
+        ids, labels = encode_record(r, template, tokenizer, cutoff_len, train_on_inputs, add_eos)
+        if any(t != IGNORE_INDEX for t in labels):
+            ids_all.append(ids)
+            labels_all.append(labels)
+            cats.append(r.category)
+    return TokenizedData(ids_all, labels_all, cats)
+
+
+def batch_order(
+    lengths: np.ndarray, micro_batch_size: int, rng: np.random.Generator, group_by_length: bool
+) -> list[np.ndarray]:
+    """One epoch of micro-batches (index arrays).
+
+    With `group_by_length`, indices are shuffled, cut into mega-batches of 64 micro-batches, sorted by length inside
+    each mega-batch, chunked, and the micro-batches shuffled again: padding nearly vanishes while order stays random.
+    """
+    perm = rng.permutation(len(lengths))
+    if not group_by_length:
+        return [perm[i : i + micro_batch_size] for i in range(0, len(perm), micro_batch_size)]
+    mega = micro_batch_size * 64
+    chunks: list[np.ndarray] = []
+    for start in range(0, len(perm), mega):
+        block = perm[start : start + mega]
+        block = block[np.argsort(-lengths[block], kind="stable")]
+        chunks.extend(block[i : i + micro_batch_size] for i in range(0, len(block), micro_batch_size))
+    return [chunks[i] for i in rng.permutation(len(chunks))]
+
+
+def collate(data: TokenizedData, idx: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch to its longest item."""
+    width = max(len(data.input_ids[i]) for i in idx)
+    n = len(idx)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        ids = data.input_ids[i]
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        labels[row, : len(ids)] = torch.tensor(data.labels[i], dtype=torch.long)
+        attention[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def iter_micro_batches(
+    data: TokenizedData, micro_batch_size: int, rng: np.random.Generator, group_by_length: bool
+) -> Iterator[np.ndarray]:
+    """Endless stream of micro-batch index arrays, epoch after epoch."""
+    lengths = data.lengths
+    while True:
+        yield from batch_order(lengths, micro_batch_size, rng, group_by_length)

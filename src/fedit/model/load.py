@@ -1,0 +1,105 @@
+"""Load a base model and tokenizer by hub name or local path ("tiny" = the shipped base), on a sensible device/dtype."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedit.config import ModelConfig
+from fedit.errors import ConfigError
+
+TINY_PATH = Path(__file__).parent / "assets" / "tiny"
+
+
+def resolve_model_path(name: str) -> str:
+    """'tiny' -> the shipped base; anything else is passed to transformers (local dir or hub name)."""
+    if name == "tiny":
+        if not (TINY_PATH / "config.json").is_file():
+            raise ConfigError(f"the shipped tiny model is missing from {TINY_PATH}; reinstall fedit")
+        return str(TINY_PATH)
+    return name
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype != "auto":
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        except KeyError:
+            raise ConfigError(f"model.dtype: got {dtype!r}, expected auto, float32, bfloat16 or float16") from None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32  # bf16 matmuls on CPU are slow and lossy for training
+
+
+def load_tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot load tokenizer {name!r}: {e}") from None
+    if tok.pad_token_id is None:  # many causal LMs ship without one; padding is masked anyway
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def quiet_transformers() -> None:
+    """No download/loading progress bars or advisory warnings in fedit's own output."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
+def load_base(cfg: ModelConfig) -> tuple[Any, Any]:
+    """(model, tokenizer) in eval mode with gradients off for the base weights."""
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+
+    path = resolve_model_path(cfg.name)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.quantization:
+        if device.type != "cuda":
+            raise ConfigError(f"model.quantization={cfg.quantization!r} needs a CUDA GPU (bitsandbytes); "
+                              f"this run's device is {device}")
+        try:
+            from transformers import BitsAndBytesConfig
+        except ImportError as e:
+            raise ConfigError(f"4/8-bit loading needs bitsandbytes: pip install 'fedit[gpu]' ({e})") from None
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=cfg.quantization == "4bit", load_in_8bit=cfg.quantization == "8bit",
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device.index or 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot load model {cfg.name!r}: {e}") from None
+    if not cfg.quantization:
+        model.to(device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, load_tokenizer(cfg.name)

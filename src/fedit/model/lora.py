@@ -1,0 +1,128 @@
+"""LoRA through peft: attach once, get/set the adapter-only payload in place, save/load in PEFT format."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fedit.config import LoraConfig
+from fedit.errors import CheckpointError
+from fedit.types import Params
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+# Attention projections per architecture: the FedIT/Alpaca-LoRA default is q and v.
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "mixtral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"], "qwen3": ["q_proj", "v_proj"], "gemma": ["q_proj", "v_proj"],
+    "gemma2": ["q_proj", "v_proj"], "gemma3_text": ["q_proj", "v_proj"], "phi3": ["qkv_proj"],
+    "phi": ["q_proj", "v_proj"], "opt": ["q_proj", "v_proj"], "gpt2": ["c_attn"],
+    "gpt_neox": ["query_key_value"], "falcon": ["query_key_value"], "bloom": ["query_key_value"],
+    "gptj": ["q_proj", "v_proj"], "olmo": ["q_proj", "v_proj"], "olmo2": ["q_proj", "v_proj"],
+}
+
+
+def target_modules(model: Any, targets: list[str] | None) -> list[str] | str:
+    if targets == ["all-linear"] or targets == "all-linear":
+        return "all-linear"
+    if targets:
+        return list(targets)
+    return DEFAULT_TARGETS.get(getattr(model.config, "model_type", ""), "all-linear")
+
+
+def peft_lora_config(cfg: LoraConfig, targets: list[str] | str, base_name: str) -> Any:
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none",
+        task_type="CAUSAL_LM", base_model_name_or_path=base_name,
+    )
+
+
+def attach_lora(model: Any, cfg: LoraConfig, seed: int, base_name: str) -> Any:
+    """Wrap `model` with a LoRA adapter named "default"; the init is seeded, so the same seed gives the same adapter."""
+    from peft import get_peft_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, peft_lora_config(cfg, target_modules(model, cfg.targets), base_name))
+    return peft_model
+
+
+class AdapterSlots:
+    """Maps payload keys to the live LoRA parameters of a PeftModel, so get/set are plain tensor copies."""
+
+    def __init__(self, peft_model: Any) -> None:
+        from peft import get_peft_model_state_dict
+
+        keys = list(get_peft_model_state_dict(peft_model).keys())
+        named = dict(peft_model.named_parameters())
+        self.params: dict[str, torch.nn.Parameter] = {}
+        for key in keys:
+            # payload key "...q_proj.lora_A.weight" <-> parameter "...q_proj.lora_A.default.weight"
+            live = key.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default.")
+            if live not in named:
+                raise RuntimeError(f"cannot map adapter key {key!r} to a parameter")
+            self.params[key] = named[live]
+
+    def get(self) -> Params:
+        """A CPU copy of the adapter payload."""
+        return {k: p.detach().to("cpu", copy=True) for k, p in self.params.items()}
+
+    @torch.no_grad()
+    def set(self, params: Params) -> None:
+        """Load a payload into the live parameters in place (keys and shapes must match)."""
+        if params.keys() != self.params.keys():
+            missing = sorted(self.params.keys() - params.keys())[:3]
+            extra = sorted(params.keys() - self.params.keys())[:3]
+            raise CheckpointError(f"adapter payload does not match the model: missing {missing}, unexpected {extra}")
+        for k, p in self.params.items():
+            src = params[k]
+            if src.shape != p.shape:
+                raise CheckpointError(f"adapter tensor {k}: shape {tuple(src.shape)}, model expects {tuple(p.shape)}")
+            p.copy_(src)
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return list(self.params.values())
+
+
+def save_adapter(params: Params, path: str | Path, peft_config: Any) -> None:
+    """Write a PEFT-format adapter directory atomically (temp dir + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    peft_config.save_pretrained(str(tmp))
+    save_file({k: v.detach().contiguous().cpu() for k, v in params.items()}, str(tmp / ADAPTER_WEIGHTS),
+              metadata={"format": "pt"})
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def load_adapter_params(path: str | Path) -> Params:
+    path = Path(path)
+    f = path / ADAPTER_WEIGHTS
+    if not f.is_file():
+        raise CheckpointError(f"{path}: not a PEFT adapter directory (no {ADAPTER_WEIGHTS})")
+    try:
+        return load_file(str(f))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise CheckpointError(f"{f}: unreadable adapter weights ({e})") from None
+
+
+def read_adapter_config(path: str | Path) -> dict[str, Any]:
+    f = Path(path) / ADAPTER_CONFIG
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not a PEFT adapter directory (no {ADAPTER_CONFIG})") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{f}: invalid JSON ({e})") from None

@@ -1,0 +1,224 @@
+"""Builds a run from a Config: data -> partition -> model + LoRA -> engine -> rounds -> evaluation. `run()` is the API."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedit import __version__
+from fedit.client.train import LocalTrainer
+from fedit.config import Config
+from fedit.data.records import Record
+from fedit.data.templates import Template, get_template
+from fedit.errors import CheckpointError, ConfigError
+from fedit.eval.evaluate import evaluate as evaluate_records
+from fedit.eval.generate import GenerationSettings
+from fedit.model.load import load_base, resolve_model_path
+from fedit.model.lora import AdapterSlots, attach_lora, peft_lora_config, target_modules
+from fedit.server.checkpoint import RunStore, atomic_write_json
+from fedit.server.rounds import Reporter, run_rounds
+from fedit.strategies import build_strategy
+from fedit.types import Params, RunResult
+
+
+@dataclass
+class PreparedData:
+    client_records: list[list[Record]]
+    test: list[Record]
+    stats: dict[str, Any]
+    fingerprint: str
+
+
+def _fingerprint(client_records: list[list[Record]], test: list[Record]) -> str:
+    h = hashlib.sha256()
+    for part in [*client_records, test]:
+        h.update(b"\x00client")
+        for r in part:
+            h.update(json.dumps(r.to_dict(), sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+def is_partition_dir(path: str) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "stats.json").is_file() and (p / "client_000.jsonl").is_file()
+
+
+def load_test_records(cfg: Config) -> list[Record] | None:
+    """The held-out set when it is given explicitly (builtin's test split, or data.test_source)."""
+    from fedit.data.sources import load_records
+
+    if cfg.data.test_source:
+        return load_records(cfg.data.test_source, format=cfg.data.format, field_map=cfg.data.fields)
+    if cfg.data.source == "builtin":
+        from fedit.data.builtin import builtin_records
+
+        return builtin_records("test", seed=cfg.run.seed)
+    return None
+
+
+def prepare_data(cfg: Config) -> PreparedData:
+    """Load, split off the held-out set, and partition; deterministic in the config (and the data)."""
+    from fedit.data.sources import load_records
+    from fedit.partition import partition, partition_stats, split_test
+
+    src = cfg.data.source
+    if is_partition_dir(src):  # made by `fedit partition`: use its clients and test split as they are
+        root = Path(src)
+        files = sorted(root.glob("client_*.jsonl"))
+        client_records = [load_records(f, format="dolly") for f in files]
+        test = (load_test_records(cfg) or (load_records(root / "test.jsonl", format="dolly")
+                                           if (root / "test.jsonl").is_file() else []))
+        stats = json.loads((root / "stats.json").read_text())
+        return PreparedData(client_records, test, stats, _fingerprint(client_records, test))
+
+    records = load_records(src, format=cfg.data.format, field_map=cfg.data.fields)
+    test = load_test_records(cfg)
+    if test is None:
+        if cfg.partition.test_size > 0:
+            train_idx, test_idx = split_test(records, cfg.partition.test_size, seed=cfg.run.seed)
+            test = [records[i] for i in test_idx]
+            records = [records[i] for i in train_idx]
+        else:
+            test = []
+    p = cfg.partition
+    parts = partition(records, p.clients, p.scheme, seed=cfg.run.seed, alpha=p.alpha, min_size=p.min_size,
+                      field=p.field)
+    client_records = [[records[i] for i in part] for part in parts]
+    stats = partition_stats(records, parts, scheme=p.scheme, seed=cfg.run.seed, alpha=p.alpha)
+    return PreparedData(client_records, test, stats, _fingerprint(client_records, test))
+
+
+@dataclass
+class ModelBundle:
+    model: Any  # PeftModel
+    tokenizer: Any
+    template: Template
+    peft_config: Any
+    trainer: LocalTrainer
+
+
+def build_model(cfg: Config) -> ModelBundle:
+    base, tokenizer = load_base(cfg.model)
+    base_name = resolve_model_path(cfg.model.name)
+    model = attach_lora(base, cfg.lora, seed=cfg.run.seed, base_name=base_name)
+    template = get_template(cfg.data.template, tokenizer)
+    peft_config = peft_lora_config(cfg.lora, target_modules(base, cfg.lora.targets), base_name)
+    return ModelBundle(model, tokenizer, template, peft_config, LocalTrainer.for_model(model, tokenizer))
+
+
+def stratified_head(records: list[Record], limit: int) -> list[Record]:
+    """The first `limit` records taken round-robin across categories, so a small limit still covers every category."""
+    by_cat: dict[str | None, list[Record]] = {}
+    for r in records:
+        by_cat.setdefault(r.category, []).append(r)
+    queues = [list(v) for v in by_cat.values()]
+    out: list[Record] = []
+    while len(out) < limit and any(queues):
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return out
+
+
+def make_evaluator(cfg: Config, bundle: ModelBundle, test: list[Record], slots: AdapterSlots):
+    records = stratified_head(test, cfg.run.eval_limit) if cfg.run.eval_limit else test
+    settings = GenerationSettings(max_new_tokens=cfg.run.max_new_tokens)
+
+    def _evaluate(params: Params) -> dict[str, Any]:
+        slots.set(params)
+        res = evaluate_records(bundle.model, bundle.tokenizer, bundle.template, records,
+                               cutoff_len=cfg.data.cutoff_len, generate=cfg.run.eval_generate, settings=settings)
+        return res.to_dict()
+
+    return _evaluate if records else None
+
+
+def compare_evals(base: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+    """eval.json: for each category the base and final metrics, and the means."""
+    cats = sorted(set(base["per_category"]) | set(final["per_category"]))
+    per = {}
+    for c in cats:
+        b, f = base["per_category"].get(c, {}), final["per_category"].get(c, {})
+        per[c] = {"n": f.get("n", b.get("n", 0))}
+        for k in ("score", "loss", "exact_match"):
+            if k in b or k in f:
+                per[c][f"base_{k}"] = b.get(k)
+                per[c][f"final_{k}"] = f.get(k)
+    mean = {}
+    for k in ("score", "loss", "exact_match"):
+        if k in base["mean"]:
+            mean[f"base_{k}"] = base["mean"][k]
+            mean[f"final_{k}"] = final["mean"][k]
+    return {"per_category": per, "mean": mean}
+
+
+def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = False,
+        reporter: Reporter | None = None, engine: Any = None) -> RunResult:
+    """Run (or resume) federated instruction tuning as configured; returns the final adapter and evaluation."""
+    cfg.validate()
+    store = RunStore(resume if resume is not None else cfg.run.out)
+    data = prepare_data(cfg)
+    if resume is not None:
+        info = store.open_existing()
+        if info.get("data_fingerprint") != data.fingerprint:
+            raise CheckpointError(f"cannot resume {store.root}: the data differs from the data the run started "
+                                  "with (fingerprint mismatch); resume with the same data and settings")
+    else:
+        store.create(cfg.to_toml(), {"fedit_version": __version__, "data_fingerprint": data.fingerprint,
+                                     "num_clients": len(data.client_records)}, overwrite)
+        atomic_write_json(store.root / "partition" / "stats.json", data.stats)
+        try:
+            from fedit.partition import plot_heterogeneity
+
+            plot_heterogeneity(data.stats, store.root / "partition" / "heterogeneity.png")
+        except Exception as e:  # a plot must never cost a run
+            if reporter:
+                reporter.log(f"could not draw the partition plot: {e}")
+
+    bundle = build_model(cfg)
+    slots = bundle.trainer.slots
+    strategy = build_strategy(cfg.strategy)
+    evaluate = make_evaluator(cfg, bundle, data.test, slots)
+
+    if resume is None:
+        params = slots.get()  # LoRA init (B = 0): the base model's behaviour
+        state = strategy.init_state(params)
+        metrics0: dict[str, Any] = {"round": 0, "sampled": [], "replied": []}
+        if evaluate is not None:
+            metrics0["eval"] = evaluate(params)
+        store.save_round(0, params, state, metrics0, bundle.peft_config)
+        start = 0
+    else:
+        start = store.latest_round()  # type: ignore[assignment]
+        params, state, _ = store.load_round(start)
+        store.rebuild_metrics()
+        if start > cfg.run.rounds:
+            raise ConfigError(f"run.rounds={cfg.run.rounds} but {store.root} already has {start} rounds")
+
+    if engine is None:
+        if cfg.run.engine != "simulation":
+            raise ConfigError(f"run.engine={cfg.run.engine!r}: use the CLI launcher (fedit run --engine flower)")
+        from fedit.engines.simulation import ClientDataCache, SimulationEngine
+
+        engine = SimulationEngine(bundle.trainer,
+                                  ClientDataCache(data.client_records, bundle.template, bundle.tokenizer, cfg), cfg)
+    try:
+        params, state, results = run_rounds(cfg, engine, strategy, store, bundle.peft_config, params, state, start,
+                                            evaluate, reporter)
+    finally:
+        engine.close()
+    last = store.latest_round()
+    assert last is not None
+    store.write_final(last)
+
+    eval_out = None
+    if evaluate is not None:
+        base = store.load_round(0)[2].get("eval") or evaluate(store.load_round(0)[0])
+        final = evaluate(params)
+        eval_out = compare_evals(base, final)
+        eval_out["rounds"] = last
+        atomic_write_json(store.root / "eval.json", eval_out)
+    return RunResult(str(store.root), results, params, eval_out)

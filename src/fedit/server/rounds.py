@@ -1,0 +1,103 @@
+"""The round loop: sample -> train (engine) -> aggregate (strategy) -> evaluate -> checkpoint. Engine-agnostic."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from fedit.config import Config
+from fedit.engines.base import Engine
+from fedit.errors import ClientError
+from fedit.server.checkpoint import RunStore
+from fedit.server.sampling import sample_clients
+from fedit.strategies.base import State, Strategy
+from fedit.types import Params, RoundResult, payload_bytes
+
+Evaluate = Callable[[Params], dict[str, Any]]
+
+
+class Reporter(Protocol):
+    def round_start(self, round_idx: int, total_rounds: int, sampled: list[int]) -> None: ...
+    def client_step(self, client_id: int, step: int, total: int, loss: float) -> None: ...
+    def round_end(self, round_idx: int, metrics: dict[str, Any]) -> None: ...
+    def log(self, message: str) -> None: ...
+
+
+class NullReporter:
+    def round_start(self, round_idx: int, total_rounds: int, sampled: list[int]) -> None:
+        pass
+
+    def client_step(self, client_id: int, step: int, total: int, loss: float) -> None:
+        pass
+
+    def round_end(self, round_idx: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+
+def run_rounds(
+    cfg: Config,
+    engine: Engine,
+    strategy: Strategy,
+    store: RunStore,
+    peft_config: Any,
+    params: Params,
+    state: State,
+    start_round: int,
+    evaluate: Evaluate | None = None,
+    reporter: Reporter | None = None,
+) -> tuple[Params, State, list[RoundResult]]:
+    """Run rounds start_round+1 .. cfg.run.rounds; every finished round is checkpointed before the next starts."""
+    rep = reporter or NullReporter()
+    objective = strategy.client_objective()
+    results: list[RoundResult] = []
+    for r in range(start_round + 1, cfg.run.rounds + 1):
+        t_round = time.perf_counter()
+        sampled = sample_clients(cfg.run, engine.num_clients, r)
+        rep.round_start(r, cfg.run.rounds, sampled)
+        outcome = engine.train_round(r, sampled, params, objective, rep.client_step)
+        for cid, reason in sorted(outcome.failures.items()):
+            rep.log(f"round {r}: client {cid} dropped: {reason}")
+        if len(outcome.updates) < cfg.run.min_clients:
+            raise ClientError(
+                f"round {r}: only {len(outcome.updates)} of {len(sampled)} sampled clients replied, "
+                f"min_clients is {cfg.run.min_clients}; the run stopped after round {r - 1}, "
+                f"which is saved: fix the cause and resume with --resume {store.root}"
+            )
+        updates = sorted(outcome.updates, key=lambda u: u.client_id)  # fixed order: bit-identical sums everywhere
+        t_train = time.perf_counter() - t_round
+
+        t0 = time.perf_counter()
+        params, state = strategy.aggregate(params, updates, state)
+        t_agg = time.perf_counter() - t0
+
+        n_total = sum(u.num_examples for u in updates)
+        metrics: dict[str, Any] = {
+            "round": r,
+            "sampled": sampled,
+            "replied": [u.client_id for u in updates],
+            "failed": {str(k): v for k, v in sorted(outcome.failures.items())},
+            "train_loss": sum(u.metrics["loss"] * u.num_examples for u in updates) / n_total,
+            "examples": n_total,
+            "tokens": int(sum(u.metrics.get("tokens", 0) for u in updates)),
+            "client_train_seconds": sum(u.metrics.get("seconds", 0.0) for u in updates),
+            "train_seconds": t_train,
+            "aggregate_seconds": t_agg,
+            "bytes_down": payload_bytes(params) * len(sampled),
+            "bytes_up": sum(payload_bytes(u.params) for u in updates),
+            "clients": {str(u.client_id): {k: v for k, v in u.metrics.items()} | {"examples": u.num_examples}
+                        for u in updates},
+        }
+        if evaluate is not None and cfg.run.eval_every and r % cfg.run.eval_every == 0 and r != cfg.run.rounds:
+            t0 = time.perf_counter()
+            metrics["eval"] = evaluate(params)
+            metrics["eval_seconds"] = time.perf_counter() - t0
+        metrics["round_seconds"] = time.perf_counter() - t_round  # before checkpointing; that is added below
+        ckpt = store.save_round(r, params, state, metrics, peft_config)
+        metrics["checkpoint_seconds"] = ckpt
+        rep.round_end(r, metrics)
+        results.append(RoundResult(r, sampled, metrics["replied"], metrics))
+    return params, state, results

@@ -228,6 +228,8 @@ def write_card(out: Path, args: argparse.Namespace, info: dict) -> None:
         argv.append(str(info["steps"]) if i and sys.argv[i] == "--steps" else a)
     if "--steps" not in argv:
         argv += ["--steps", str(info["steps"])]
+    if args.out.resolve() == ASSETS and "--out" in argv:  # the card is read in the repo: show the default path
+        argv[argv.index("--out") + 1] = "src/fedit/model/assets/tiny"
     cmd = "python -m fedit.tools.pretrain_tiny " + shlex.join(argv)
     samples = "\n".join(f"| `{p!r}` | `{c!r}` |" for p, c in info["samples"])
     text = f"""# fedit tiny base (Llama, {info['params'] / 1e6:.2f}M parameters)
@@ -253,7 +255,7 @@ Chat template (plain-text role markers, tokenized as ordinary text):
 Built by `fedit.tools.tiny_corpus.build_corpus(seed={args.seed}, scale={args.corpus_scale})`, offline:
 1. Docstrings of the Python {info['python']} standard library, parsed with `ast` (modules are never imported);
    tests, idlelib, tkinter and similar folders skipped; non-ASCII and duplicate docstrings dropped. PSF licence.
-2. Generated skill text (MIT/Apache-compatible, written by this project): copying sequences, counting, comparing
+2. Generated skill text (written by this project, Apache-2.0): copying sequences, counting, comparing
    numbers, small arithmetic in digits and words, spelling / first and last letters / word length, lists.
 3. Plain-prose statements of the facts in `fedit.data.lexicon` (colours, kinds, animal sounds and homes, opposites,
    capitals) with varied phrasings, and short narratives using its names, cities, jobs and past tenses.
@@ -275,7 +277,8 @@ to {args.min_lr_ratio}x, gradient clipping 1.0, packed sequences of {args.seq_le
 | machine | {info['machine']} |
 | software | torch {torch.__version__}, transformers {info['transformers']}, tokenizers {info['tokenizers']} |
 
-Rebuild (deterministic on CPU for the same seed, Python stdlib and library versions):
+Rebuild (the corpus and tokenizer are deterministic for the same seed and Python stdlib; training is bitwise
+deterministic on CPU for the same library versions, GPU runs match closely but not bitwise):
 
 ```
 {cmd}

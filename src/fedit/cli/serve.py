@@ -1,0 +1,174 @@
+"""`fedit chat`, `fedit serve`, `fedit ui` and `fedit export`: use a tuned global model (any round)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from fedit.cli.common import console, err_console, user_errors
+
+ADAPTER_HELP = ("A run directory (uses final/), a round directory (round_NNNN), or a PEFT adapter directory; "
+                "NAME=DIR names it. Repeat to serve several adapters (e.g. rounds) on one base.")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _sources(adapter: list[str], model: str | None, template: str | None, include_base: bool = False) -> list[Any]:
+    from fedit.serve.session import parse_adapter_args
+
+    return parse_adapter_args(adapter, model=model, template=template, include_base=include_base)
+
+
+def _load(sources: list[Any], device: str) -> Any:
+    from fedit.serve.session import ModelSession
+
+    with console.status(f"loading {sources[0].base} with {len(sources)} adapter(s)…"):
+        return ModelSession.load(sources, device=device)
+
+
+def _settings(temperature: float, top_p: float, top_k: int, max_new_tokens: int, repetition_penalty: float,
+              seed: int | None) -> Any:
+    from fedit.errors import ConfigError
+    from fedit.eval.generate import GenerationSettings
+
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1 or repetition_penalty <= 0:
+        raise ConfigError("generation settings: expected temperature >= 0, 0 < top-p <= 1, top-k >= 0, "
+                          "max-new-tokens >= 1, repetition-penalty > 0")
+    return GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                              repetition_penalty=repetition_penalty, seed=seed)
+
+
+@user_errors
+def chat_command(
+    adapter: list[str] = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
+    model: str = typer.Option(None, help="Base model override (default: the one the adapter was trained on)."),
+    template: str = typer.Option(None, help="Prompt template override (default: the run's data.template, or auto)."),
+    prompt: str = typer.Option(None, "--prompt", "-p", help="Answer this one message and exit."),
+    system: str = typer.Option(None, help="System prompt."),
+    use: str = typer.Option(None, "--use", help="Which adapter to start with (default: the first)."),
+    temperature: float = typer.Option(0.7, help="0 = greedy."),
+    top_p: float = typer.Option(0.9, "--top-p"),
+    top_k: int = typer.Option(40, "--top-k", help="0 = off."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    repetition_penalty: float = typer.Option(1.1, "--repetition-penalty"),
+    seed: int = typer.Option(None, help="Sampling seed (same seed, same answer)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+) -> None:
+    """Chat with a tuned model in the terminal (tokens stream as they are generated)."""
+    from fedit.errors import ConfigError
+    from fedit.model.load import quiet_transformers
+    from fedit.serve.chat import answer, interactive
+
+    quiet_transformers()
+    settings = _settings(temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed)
+    session = _load(_sources(adapter, model, template), device)
+    name = use or session.names[0]
+    if name not in session.names:
+        raise ConfigError(f"--use {name!r}: not one of {', '.join(session.names)}")
+    if prompt is not None:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        try:
+            answer(session, name, messages, settings, lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        sys.stdout.write("\n")
+        return
+    interactive(session, name, settings, system=system)
+
+
+def _serve(adapter: list[str], model: str | None, template: str | None, host: str, port: int, api_key: str | None,
+           include_base: bool, max_tokens: int, max_prompt_tokens: int | None, max_body: int, max_queue: int,
+           device: str, log_level: str, open_page: bool) -> None:
+    from fedit.errors import ConfigError
+    from fedit.model.load import quiet_transformers
+    from fedit.serve.api import run_server
+    from fedit.serve.protocol import Limits
+
+    quiet_transformers()
+    if max_tokens < 1 or max_body < 1024 or max_queue < 1 or (max_prompt_tokens is not None and max_prompt_tokens < 1):
+        raise ConfigError("limits: expected --max-tokens >= 1, --max-body >= 1024, --max-queue >= 1, "
+                          "--max-prompt-tokens >= 1")
+    if host not in LOOPBACK and not api_key:
+        err_console.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach this "
+                          "machine can use the model")
+    session = _load(_sources(adapter, model, template, include_base), device)
+    limits = Limits(max_body_bytes=max_body, max_tokens=max_tokens, default_max_tokens=min(128, max_tokens),
+                    max_prompt_tokens=max_prompt_tokens, max_queue=max_queue)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}"
+    console.print(f"serving {', '.join(session.names)} on {url}/v1 (chat page: {url}/)", highlight=False)
+    if open_page:
+        from fedit.serve.ui import open_when_up
+
+        open_when_up(url + "/")
+    run_server(session, host=host, port=port, api_key=api_key, limits=limits, log_level=log_level)
+
+
+
+@user_errors
+def serve_command(
+    adapter: list[str] = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
+    model: str = typer.Option(None, help="Base model override (default: the one the adapters were trained on)."),
+    template: str = typer.Option(None, help="Prompt template override (default: each run's data.template)."),
+    host: str = typer.Option("127.0.0.1", help="Bind address (loopback by default; use an API key beyond it)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    api_key: str = typer.Option(None, "--api-key", envvar="FEDIT_API_KEY",
+                                help="Require 'Authorization: Bearer KEY' on /v1/ (env FEDIT_API_KEY)."),
+    include_base: bool = typer.Option(False, "--include-base", help="Also serve the bare base model as 'base'."),
+    max_tokens: int = typer.Option(512, "--max-tokens", help="Largest max_tokens a request may ask for."),
+    max_prompt_tokens: int = typer.Option(None, "--max-prompt-tokens", help="Default: the model's context - 1."),
+    max_body: int = typer.Option(1 << 20, "--max-body", help="Largest request body in bytes."),
+    max_queue: int = typer.Option(32, "--max-queue", help="Requests that may wait; more get 503."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+    log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level (info shows each request)."),
+) -> None:
+    """Serve adapters over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions, /v1/completions)."""
+    _serve(adapter, model, template, host, port, api_key, include_base, max_tokens, max_prompt_tokens, max_body,
+           max_queue, device, log_level, open_page=False)
+
+
+@user_errors
+def ui_command(
+    adapter: list[str] = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
+    model: str = typer.Option(None, help="Base model override."),
+    template: str = typer.Option(None, help="Prompt template override."),
+    host: str = typer.Option("127.0.0.1", help="Bind address."),
+    port: int = typer.Option(7860, help="TCP port."),
+    api_key: str = typer.Option(None, "--api-key", envvar="FEDIT_API_KEY", help="Require this API key."),
+    include_base: bool = typer.Option(False, "--include-base", help="Also offer the bare base model as 'base'."),
+    browser: bool = typer.Option(True, "--browser/--no-browser", help="Open the page in your browser."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+) -> None:
+    """Open a web chat page for adapters (the same server as `fedit serve`, with the page at /)."""
+    _serve(adapter, model, template, host, port, api_key, include_base, 512, None, 1 << 20, 32, device, "warning",
+           open_page=browser)
+
+
+@user_errors
+def export_command(
+    adapter: str = typer.Option(..., "--adapter", "-a", help="A run directory, round directory or adapter directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for the merged model."),
+    model: str = typer.Option(None, help="Base model override."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16 (weights are merged in float32)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+) -> None:
+    """Merge the LoRA adapter into its base and save a full model + tokenizer (AutoModelForCausalLM loads it)."""
+    from fedit.model.load import quiet_transformers
+    from fedit.serve.export import export_merged
+    from fedit.serve.session import resolve_adapter
+
+    quiet_transformers()
+    source = resolve_adapter(adapter, model=model)
+    with console.status(f"merging {source.path} into {source.base}…"):
+        path = export_merged(source, out, dtype=dtype, overwrite=overwrite)
+    console.print(f"merged model written to {path} (base {source.base}, round "
+                  f"{source.round if source.round is not None else '?'})", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("chat")(chat_command)
+    app.command("serve")(serve_command)
+    app.command("ui")(ui_command)
+    app.command("export")(export_command)

@@ -1,0 +1,52 @@
+"""Merge a LoRA adapter into its base and save a standalone model + tokenizer (loadable without peft or fedit)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fedit.errors import ConfigError
+from fedit.serve.session import AdapterSource
+
+
+def export_merged(source: AdapterSource, out: str | Path, dtype: str = "float32", overwrite: bool = False) -> Path:
+    """Write `out/` with config.json, model.safetensors, the tokenizer (chat template included) and fedit_export.json.
+
+    Merging happens in float32 on the CPU (exact W + scale * B @ A), then the weights are cast to `dtype`.
+    """
+    import torch
+    from peft import PeftModel
+
+    from fedit.config import ModelConfig
+    from fedit.model.load import load_base, pick_dtype
+
+    if source.path is None:
+        raise ConfigError("export needs an adapter, not the bare base")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"--out {out} is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    target = pick_dtype(dtype, torch.device("cpu"))
+    base, tokenizer = load_base(ModelConfig(name=source.base, device="cpu", dtype="float32"))
+    try:
+        peft_model = PeftModel.from_pretrained(base, str(source.path), is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise ConfigError(f"--adapter {source.path}: cannot load it onto {source.base!r} ({e})") from None
+    merged: Any = peft_model.merge_and_unload()
+    merged.to(target)
+    tmp = out.with_name(f".tmp-{out.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    merged.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    meta = {"merged_from": source.info(), "dtype": str(target).removeprefix("torch."),
+            "note": "LoRA merged into the base weights; load with AutoModelForCausalLM.from_pretrained"}
+    (tmp / "fedit_export.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return out

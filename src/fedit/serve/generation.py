@@ -1,0 +1,238 @@
+"""Streamed generation for serving: incremental text with stop strings, cancellation, and one FIFO worker thread.
+
+Requests run one at a time on a single worker (the model is shared and adapters are switched per request), each
+with its own seed set right before it runs, so concurrent requests give exactly the outputs they give alone.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fedit.eval.generate import GenerationSettings
+from fedit.serve.session import ModelSession
+
+# Events sent to a request's consumer: ("delta", text) | ("done", finish_reason, usage) | ("error", message)
+Event = tuple[Any, ...]
+
+
+def _stop_holdback(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters of `text` might be the start of a stop string (not safe to emit yet)."""
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    return hold
+
+
+class TextEmitter:
+    """Turns generated token ids into text deltas: waits for complete UTF-8 characters, cuts at stop strings."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], emit: Callable[[str], None], lstrip: bool = False):
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stops if s]
+        self.emit = emit
+        self.lstrip = lstrip
+        self.ids: list[int] = []
+        self.sent = 0  # characters of the (stripped) decoded text already emitted
+        self.hit_stop = False
+
+    def _text(self) -> str:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        return text.lstrip() if self.lstrip else text
+
+    def add(self, ids: Sequence[int]) -> None:
+        if self.hit_stop:
+            return
+        self.ids.extend(ids)
+        text = self._text()
+        cuts = [i for i in (text.find(s, max(0, self.sent - len(s) + 1)) for s in self.stops) if i >= 0]
+        if cuts:
+            self.hit_stop = True
+            self._flush(text[: min(cuts)])
+            return
+        safe = len(text) - _stop_holdback(text, self.stops)
+        while safe > self.sent and text[safe - 1] == "\ufffd":  # an incomplete multi-byte character
+            safe -= 1
+        self._flush(text[:safe])
+
+    def finish(self) -> None:
+        if not self.hit_stop:
+            self._flush(self._text())
+
+    def _flush(self, text: str) -> None:
+        if len(text) > self.sent:
+            self.emit(text[self.sent:])
+            self.sent = len(text)
+
+
+class _Streamer:
+    """transformers streamer protocol (put/end): forwards new token ids, dropping the prompt and the EOS."""
+
+    def __init__(self, emitter: TextEmitter, eos_ids: set[int]) -> None:
+        self.emitter = emitter
+        self.eos_ids = eos_ids
+        self.prompt_seen = False
+        self.count = 0
+        self.saw_eos = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() first puts the prompt
+            self.prompt_seen = True
+            return
+        ids = [int(t) for t in value.reshape(-1).tolist()]
+        self.count += len(ids)
+        kept = []
+        for t in ids:
+            if t in self.eos_ids:
+                self.saw_eos = True
+                break
+            kept.append(t)
+        if kept:
+            self.emitter.add(kept)
+
+    def end(self) -> None:
+        self.emitter.finish()
+
+
+def _stopper(flag: Callable[[], bool]) -> Any:
+    from transformers import StoppingCriteria
+
+    class Stop(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            return torch.full((input_ids.shape[0],), flag(), dtype=torch.bool, device=input_ids.device)
+
+    return Stop()
+
+
+def eos_ids(tokenizer: Any, model: Any) -> set[int]:
+    ids: set[int] = set()
+    for v in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, list):
+            ids.update(int(x) for x in v)
+    return ids
+
+
+@torch.no_grad()
+def generate_stream(session: ModelSession, name: str, prompt_ids: list[int], settings: GenerationSettings,
+                    emit: Callable[[str], None], stops: Sequence[str] = (), cancel: threading.Event | None = None,
+                    lstrip: bool = False) -> tuple[str, dict[str, int]]:
+    """Generate with adapter `name`, calling `emit(text)` as text becomes final; returns (finish_reason, usage).
+
+    finish_reason: "stop" (EOS or a stop string), "length" (max_new_tokens reached) or "cancelled".
+    Takes the session lock for the whole generation.
+    """
+    from transformers import StoppingCriteriaList
+
+    emitter = TextEmitter(session.tokenizer, stops, emit, lstrip=lstrip)
+    model = session.model
+    eos = eos_ids(session.tokenizer, model)
+    streamer = _Streamer(emitter, eos)
+    cancelled = cancel or threading.Event()
+    seed = settings.seed if settings.seed is not None else random.randrange(2**31)
+    device = next(model.parameters()).device
+    with session.lock, session.use(name):
+        torch.manual_seed(seed)  # per request, just before it runs: same seed -> same output, whatever ran before
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+        stop = StoppingCriteriaList([_stopper(lambda: emitter.hit_stop or cancelled.is_set())])
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pad_token_id=session.tokenizer.pad_token_id,
+                       eos_token_id=sorted(eos) or None, streamer=streamer, stopping_criteria=stop,
+                       **settings.kwargs())
+    if cancelled.is_set():
+        reason = "cancelled"
+    elif emitter.hit_stop or streamer.saw_eos:
+        reason = "stop"
+    else:
+        reason = "length"
+    usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": streamer.count,
+             "total_tokens": len(prompt_ids) + streamer.count}
+    return reason, usage
+
+
+@dataclass
+class Job:
+    """One queued generation; `emit` receives its events (called on the worker thread)."""
+
+    name: str
+    prompt_ids: list[int]
+    settings: GenerationSettings
+    emit: Callable[[Event], None]
+    stops: Sequence[str] = ()
+    lstrip: bool = False
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class QueueFull(Exception):
+    """More requests are waiting than the server accepts."""
+
+
+class GenerationWorker:
+    """A single thread that runs queued jobs in arrival order (the model is not safe to share across threads)."""
+
+    def __init__(self, session: ModelSession, max_queue: int = 32) -> None:
+        self.session = session
+        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.thread = threading.Thread(target=self._loop, name="fedit-generate", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            raise QueueFull from None
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            if job.cancel.is_set():
+                continue
+            try:
+                reason, usage = generate_stream(self.session, job.name, job.prompt_ids, job.settings,
+                                                lambda text, job=job: job.emit(("delta", text)), job.stops,
+                                                job.cancel, job.lstrip)
+                job.emit(("done", reason, usage))
+            except Exception as e:  # report to the request; the worker keeps serving others
+                job.emit(("error", f"{type(e).__name__}: {e}"))
+
+
+def iter_generate(session: ModelSession, name: str, prompt_ids: list[int], settings: GenerationSettings,
+                  stops: Sequence[str] = (), lstrip: bool = True) -> Iterator[str]:
+    """Text deltas as a plain iterator (generation runs on a helper thread): the terminal chat uses this."""
+    q: queue.Queue[Event] = queue.Queue()
+    cancel = threading.Event()
+
+    def run() -> None:
+        try:
+            reason, usage = generate_stream(session, name, prompt_ids, settings, lambda t: q.put(("delta", t)),
+                                            stops, cancel, lstrip)
+            q.put(("done", reason, usage))
+        except Exception as e:
+            q.put(("error", f"{type(e).__name__}: {e}"))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        while True:
+            ev = q.get()
+            if ev[0] == "delta":
+                yield ev[1]
+            elif ev[0] == "error":
+                raise RuntimeError(ev[1])
+            else:
+                return
+    finally:
+        cancel.set()  # the consumer stopped early (Ctrl-C): end the generation
+        t.join()

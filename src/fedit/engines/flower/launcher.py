@@ -1,0 +1,296 @@
+"""`fedit run --engine flower`: a loopback SuperLink and K SuperNodes started, used and stopped by fedit itself.
+
+Everything stays on 127.0.0.1 with a private FLWR_HOME, telemetry, update checks and runtime dependency
+installation off. Each SuperNode gets its own data directory holding only its clients' files, and (by default) a
+warm node worker that keeps the base model loaded across rounds. Processes are started in their own process
+groups and stopped by the PIDs started here, with bounded waits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedit.config import Config
+from fedit.errors import ClientError, ConfigError, FeditError
+
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    # SuperExec's poll for new tasks (ServerApp/ClientApp launches); Flower's default is 1 s
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+}
+CONNECTION = "fedit-local"
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    env = dict(os.environ) | FLOWER_ENV | {"FLWR_HOME": str(flwr_home), "PYTHONUNBUFFERED": "1"}
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    """A Flower console script next to this interpreter (the one that has fedit installed), else on PATH."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the process group we started (its leader is `proc`), wait `grace` s, then SIGKILL; bounded."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    # the group may outlive its leader (SuperExec, ClientApp children): kill what is left of it
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+
+
+@dataclass
+class LoopbackDeployment:
+    """One SuperLink and its SuperNodes on 127.0.0.1, with a private FLWR_HOME under `work`."""
+
+    work: Path
+    tls: bool = False
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    port: int = 0
+    certs: dict[str, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.work = Path(self.work)
+        self.home = self.work / "flwr-home"
+        self.logs = self.work / "logs"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.env = flower_env(self.home)
+        if self.tls:
+            from fedit.engines.flower.tls import make_certificates
+
+            self.certs = make_certificates(self.work / "certs", ["127.0.0.1", "localhost"])
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it; closed after Popen
+        try:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.work,
+                                    start_new_session=True)  # own process group: stopped as a whole
+        finally:
+            log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start_superlink(self) -> None:
+        self.port = free_port()
+        cmd = [_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+               "--disable-runtime-dependency-installation"]
+        if self.tls:
+            cmd += ["--ssl-ca-certfile", str(self.certs["ca"]), "--ssl-certfile", str(self.certs["cert"]),
+                    "--ssl-keyfile", str(self.certs["key"])]
+        else:
+            cmd += ["--insecure"]
+        self._spawn("superlink", cmd)
+        conn: dict[str, Any] = {"address": self.address}
+        if self.tls:
+            conn["root-certificates"] = str(self.certs["ca"])
+        else:
+            conn["insecure"] = True
+        import tomli_w
+
+        (self.home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION,
+                                                                            CONNECTION: conn}}))
+        self.wait_port(self.port, "superlink")
+
+    def start_worker(self, name: str, socket_path: Path) -> None:
+        self._spawn(f"{name}-worker", [sys.executable, "-m", "fedit.engines.flower.worker", str(socket_path)])
+
+    def start_supernode(self, name: str, node_config: dict[str, Any]) -> None:
+        cfg = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
+        cmd = [_bin("flower-supernode"), "--superlink", self.address, "--node-config", cfg,
+               "--host", "127.0.0.1", "--port", str(free_port()), "--isolation", "subprocess"]
+        cmd += ["--root-certificates", str(self.certs["ca"])] if self.tls else ["--insecure"]
+        self._spawn(name, cmd)
+
+    def wait_port(self, port: int, name: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise ClientError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s; see {self.logs}")
+
+    def check_alive(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise ClientError(f"Flower process {name} exited with code {p.returncode}:\n{tail}")
+
+    def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        return subprocess.run([_bin("flwr"), *args], env=self.env, cwd=self.work, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def submit(self, app_dir: Path) -> int:
+        res = self.flwr("run", str(app_dir), CONNECTION, "--format", "json")
+        try:
+            out = json.loads(res.stdout[res.stdout.index("{"):])
+        except ValueError:
+            out = {}
+        if not out.get("success") or not out.get("run-id"):
+            raise ClientError(f"flwr run failed (exit {res.returncode}): {res.stdout[-1500:]} {res.stderr[-1500:]}")
+        return int(out["run-id"])
+
+    def run_status(self, run_id: int) -> tuple[str, str]:
+        """(status text such as 'running' or 'finished:completed', details) from `flwr ls`, not exit codes."""
+        res = self.flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
+        try:
+            runs = json.loads(res.stdout[res.stdout.index("{"):])["runs"]
+            return str(runs[0]["status"]), str(runs[0].get("status-details", ""))
+        except (ValueError, KeyError, IndexError):
+            return "unknown", (res.stdout + res.stderr)[-500:]
+
+    def stop(self) -> None:
+        # nodes (and their workers) first, the SuperLink last; each one by the PID we started
+        for name in sorted(self.procs, key=lambda n: n == "superlink"):
+            stop_process(self.procs[name])
+
+    def __enter__(self) -> LoopbackDeployment:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def write_node_data(client_records: list[list[Any]], nodes: int, root: Path) -> list[Path]:
+    """Client c goes to node c % nodes: one directory per node holding only its clients' JSONL files."""
+    from fedit.partition.writer import client_filename
+
+    dirs = [root / f"node_{k}" for k in range(nodes)]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    for cid, records in enumerate(client_records):
+        text = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
+        (dirs[cid % nodes] / client_filename(cid, len(client_records))).write_text(text, encoding="utf-8")
+    return dirs
+
+
+def run_flower(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = False, tls: bool = False,
+               warm: bool = True, round_timeout: float = 600.0, keep_work: bool = False,
+               log: Any = None) -> Any:
+    """Run `cfg` on a loopback Flower deployment of `cfg.run.nodes` SuperNodes; returns a RunResult.
+
+    The run directory is written by the ServerApp exactly as the simulator writes it.
+    """
+    from fedit.engines.flower.appdir import write_app
+    from fedit.pipeline import prepare_data
+
+    say = log or (lambda m: print(m, flush=True))
+    cfg.validate()
+    if cfg.run.nodes < 1:
+        raise ConfigError(f"run.nodes: got {cfg.run.nodes}, expected an integer >= 1")
+    out = Path(resume if resume is not None else cfg.run.out).resolve()
+    data = prepare_data(cfg)
+    n_clients = len(data.client_records)
+    nodes = min(cfg.run.nodes, n_clients)
+    work = Path(tempfile.mkdtemp(prefix="fedit-flower-"))
+    t0 = time.perf_counter()
+    ok = False
+    try:
+        dirs = write_node_data(data.client_records, nodes, work / "data")
+        error_file = work / "serverapp-error.txt"
+        app = write_app(work / "app", cfg, {"out": str(out), "resume": resume is not None, "overwrite": overwrite,
+                                            "num-clients": n_clients, "min-nodes": nodes,
+                                            "discovery-timeout": 120.0, "round-timeout": round_timeout,
+                                            "error-file": str(error_file)})
+        with LoopbackDeployment(work, tls=tls) as dep:
+            dep.start_superlink()
+            for k, d in enumerate(dirs):
+                node_config: dict[str, Any] = {"data-dir": str(d)}
+                if warm:
+                    sock = work / "sock" / f"node_{k}.sock"
+                    dep.start_worker(f"node_{k}", sock)
+                    node_config["worker"] = str(sock)
+                dep.start_supernode(f"node_{k}", node_config)
+            say(f"Flower loopback deployment: SuperLink {dep.address} ({'TLS' if tls else 'insecure, loopback'}), "
+                f"{nodes} SuperNodes, {n_clients} clients; logs in {dep.logs}")
+            run_id = dep.submit(app)
+            say(f"submitted Flower run {run_id}")
+            status, details = _wait_run(dep, run_id, out, say)
+            if status != "finished:completed" or error_file.exists():
+                reason = error_file.read_text() if error_file.exists() else f"{status} {details}".strip()
+                raise ClientError(f"Flower run {run_id} did not complete ({status}): {reason}\n"
+                                  f"Flower logs: {dep.logs}")
+        ok = True
+    finally:
+        if ok and not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+    say(f"Flower run finished in {time.perf_counter() - t0:.1f}s")
+    return collect_result(out, resume is not None)
+
+
+def _wait_run(dep: LoopbackDeployment, run_id: int, out: Path, say: Any) -> tuple[str, str]:
+    seen = 0
+    while True:
+        dep.check_alive()
+        seen = _report_rounds(out, seen, say)
+        status, details = dep.run_status(run_id)
+        if status.startswith("finished"):
+            _report_rounds(out, seen, say)
+            return status, details
+        time.sleep(0.5)
+
+
+def _report_rounds(out: Path, seen: int, say: Any) -> int:
+    f = out / "metrics.jsonl"
+    if not f.is_file():
+        return seen
+    lines = f.read_text().splitlines()
+    for line in lines[seen:]:
+        try:
+            m = json.loads(line)
+        except ValueError:
+            return seen
+        if m.get("round"):
+            say(f"round {m['round']}: clients {m.get('replied')}, train loss {m.get('train_loss', 0):.4f}")
+        seen += 1
+    return seen
+
+
+def collect_result(out: Path, resumed: bool) -> Any:
+    from fedit.server.checkpoint import RunStore
+    from fedit.types import RoundResult, RunResult
+
+    store = RunStore(out)
+    last = store.latest_round()
+    if last is None:
+        raise FeditError(f"{out}: the Flower run left no checkpoint")
+    history = store.history()
+    rounds = [RoundResult(m["round"], m["sampled"], m["replied"], m) for m in history if m["round"] >= 1]
+    params = store.load_round(last)[0]
+    ev_path = out / "eval.json"
+    ev = json.loads(ev_path.read_text()) if ev_path.is_file() else None
+    return RunResult(str(out), rounds, params, ev)

@@ -8,12 +8,14 @@ import pytest
 import torch
 
 
-def make_run(model_dir: Path, run_dir: Path, rounds: int = 2, template: str = "alpaca-short", scale: float = 0.5) -> Path:
+def make_run(model_dir: Path, run_dir: Path, rounds: int = 2, template: str = "alpaca-short",
+             scale: float = 0.5) -> Path:
     """A run dir (config.toml, round_NNNN/adapter, final/) with distinct random adapters on `model_dir`."""
+    from transformers import AutoModelForCausalLM
+
     from fedit.config import Config, LoraConfig
     from fedit.model.lora import AdapterSlots, attach_lora, peft_lora_config, save_adapter, target_modules
     from fedit.server.checkpoint import atomic_write_json, atomic_write_text, round_dir_name
-    from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     lora = LoraConfig(r=4, alpha=8, dropout=0.0)
@@ -35,6 +37,89 @@ def make_run(model_dir: Path, run_dir: Path, rounds: int = 2, template: str = "a
     return run_dir
 
 
+TINY = Path(__file__).resolve().parents[2] / "src" / "fedit" / "model" / "assets" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> Path:
+    """The shipped tiny pretrained base (the issue asks for its tests on it)."""
+    if not (TINY / "config.json").is_file():
+        pytest.skip(f"the shipped tiny model is not built yet ({TINY / 'config.json'} is absent)")
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tiny_dir, tmp_path_factory.mktemp("serve-tiny") / "run", template="auto", scale=0.2)
+
+
 @pytest.fixture(scope="session")
 def micro_run(micro_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_run(micro_model_dir, tmp_path_factory.mktemp("serve") / "run")
+
+
+API_KEY = "test-key-123"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A `fedit serve` subprocess on a free loopback port."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.api_key = args[args.index("--api-key") + 1] if "--api-key" in args else None
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        cmd = [sys.executable, "-m", "fedit.cli", "serve", "--port", str(self.port), *args]
+        with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fedit serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"fedit serve did not come up in {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        import subprocess
+
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`fedit serve` on the tiny base with two adapters (final = round 2, and round 1), an API key and tight limits."""
+    srv = Server(["--adapter", str(tiny_run), "--adapter", f"r1={tiny_run / 'round_0001'}", "--api-key", API_KEY,
+                  "--max-tokens", "64", "--max-prompt-tokens", "200", "--max-body", "20000"],
+                 tmp_path_factory.mktemp("server") / "serve.log")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()

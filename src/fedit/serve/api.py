@@ -48,7 +48,8 @@ def _sse(obj: Any) -> str:
 def model_card(session: ModelSession, name: str) -> dict[str, Any]:
     src = session.source(name)
     created = int(src.path.stat().st_mtime) if src.path is not None else 0
-    return {"id": name, "object": "model", "created": created, "owned_by": "fedit", "fedit": src.info()}
+    info = {**src.info(), "template": session.templates[name].name}  # "auto" shown as what it resolved to
+    return {"id": name, "object": "model", "created": created, "owned_by": "fedit", "fedit": info}
 
 
 def create_app(session: ModelSession, limits: P.Limits | None = None, api_key: str | None = None) -> FastAPI:

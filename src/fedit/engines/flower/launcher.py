@@ -200,7 +200,7 @@ def write_node_data(client_records: list[list[Any]], nodes: int, root: Path) -> 
 
 def run_flower(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = False, tls: bool = False,
                warm: bool = True, round_timeout: float = 600.0, keep_work: bool = False,
-               log: Any = None) -> Any:
+               log: Any = None, on_deploy: Any = None) -> Any:
     """Run `cfg` on a loopback Flower deployment of `cfg.run.nodes` SuperNodes; returns a RunResult.
 
     The run directory is written by the ServerApp exactly as the simulator writes it.
@@ -227,6 +227,8 @@ def run_flower(cfg: Config, *, resume: str | Path | None = None, overwrite: bool
                                             "discovery-timeout": 120.0, "round-timeout": round_timeout,
                                             "error-file": str(error_file)})
         with LoopbackDeployment(work, tls=tls) as dep:
+            if on_deploy is not None:  # tests keep a handle to stop and check the processes themselves
+                on_deploy(dep)
             dep.start_superlink()
             for k, d in enumerate(dirs):
                 node_config: dict[str, Any] = {"data-dir": str(d)}

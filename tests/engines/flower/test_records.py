@@ -1,0 +1,84 @@
+"""Adapter payloads cross Flower records bit for bit, bf16 included (numpy has no bf16: a uint16 view travels)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+from flwr.app import Array, RecordDict  # noqa: E402
+
+from fedit.engines.flower.codec import npy_bytes, npy_load, numpy_to_tensor, tensor_to_numpy  # noqa: E402
+from fedit.engines.flower.records import get_params, get_update, put_params, put_raw_update, put_update  # noqa: E402
+from fedit.types import ClientUpdate  # noqa: E402
+
+
+def _payload() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 8, generator=g)
+    special = torch.tensor([float("nan"), float("inf"), -0.0, 1e-40, -3.5])  # NaN, inf, signed zero, subnormal
+    return {"a.lora_A.weight": x.to(torch.bfloat16), "a.lora_B.weight": x.half(), "b.lora_A.weight": x,
+            "nan.bf16": special.to(torch.bfloat16), "nan.f32": special}
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int16) if t.element_size() == 2 else t.view(torch.int32)
+
+
+def _same_bits(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert torch.equal(_bits(a[k]), _bits(b[k])), k
+
+
+def test_bf16_travels_as_uint16_view() -> None:
+    t = torch.randn(3, 5).to(torch.bfloat16)
+    arr, name = tensor_to_numpy(t)
+    assert str(arr.dtype) == "uint16" and name == "bfloat16"
+    back = numpy_to_tensor(npy_load(npy_bytes(arr)), name)
+    assert back.dtype == torch.bfloat16 and torch.equal(back.view(torch.int16), t.view(torch.int16))
+
+
+def test_params_round_trip_through_the_wire_form() -> None:
+    params = _payload()
+    rd = RecordDict()
+    put_params(rd, "global", params)
+    # what crosses the network is each Array's serialized bytes: rebuild every Array from them
+    for key in ("global.arrays",):
+        rec = rd[key]
+        for k in list(rec.keys()):
+            a = rec[k]
+            rec[k] = Array(dtype=a.dtype, shape=tuple(a.shape), stype=a.stype, data=bytes(a.data))
+    _same_bits(params, get_params(rd, "global"))
+
+
+def test_client_update_round_trip_cold_and_warm_paths() -> None:
+    u = ClientUpdate(3, _payload(), 17, {"loss": 1.25, "steps": 2.0})
+    rd = RecordDict()
+    put_update(rd, u)
+    back = get_update(rd, 3)
+    assert (back.client_id, back.num_examples, back.metrics) == (3, 17, u.metrics)
+    _same_bits(u.params, back.params)
+
+    # the warm worker's raw form: header + .npy buffers, turned into records without torch
+    entry = {"client": 3, "num_examples": 17, "metrics": u.metrics, "keys": [], "shapes": [], "wire_dtypes": [],
+             "dtypes": {}}
+    buffers = []
+    for k, t in u.params.items():
+        arr, entry["dtypes"][k] = tensor_to_numpy(t)
+        entry["keys"].append(k)
+        entry["shapes"].append(list(arr.shape))
+        entry["wire_dtypes"].append(str(arr.dtype))
+        buffers.append(npy_bytes(arr))
+    rd2 = RecordDict()
+    put_raw_update(rd2, entry, buffers)
+    _same_bits(u.params, get_update(rd2, 3).params)
+
+
+def test_unknown_dtype_is_refused() -> None:
+    arr, _ = tensor_to_numpy(torch.zeros(2))
+    with pytest.raises(ValueError, match="unknown tensor dtype"):
+        numpy_to_tensor(arr, "float99")
+    with pytest.raises(ValueError, match="sender said"):
+        numpy_to_tensor(arr, "float16")

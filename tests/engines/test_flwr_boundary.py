@@ -1,0 +1,44 @@
+"""Only fedit.engines.flower may import flwr: the rest of fedit must work without the `flower` extra."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import fedit
+
+SRC = Path(fedit.__file__).parent
+ALLOWED = SRC / "engines" / "flower"
+
+
+def _imports_flwr(path: Path) -> list[int]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name == "flwr" or a.name.startswith("flwr.") for a in node.names):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module and (node.module == "flwr"
+                                                                    or node.module.startswith("flwr.")):
+            lines.append(node.lineno)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))
+              and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__")
+              and node.args and isinstance(node.args[0], ast.Constant)
+              and str(node.args[0].value).split(".")[0] == "flwr"):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_flower_engine_imports_flwr() -> None:
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        if ALLOWED in path.parents:
+            continue
+        offenders += [f"{path.relative_to(SRC.parent)}:{n}" for n in _imports_flwr(path)]
+    assert not offenders, f"flwr imported outside fedit/engines/flower: {offenders}"
+
+
+def test_the_check_sees_flwr_imports(tmp_path: Path) -> None:
+    f = tmp_path / "m.py"
+    f.write_text("import os\nfrom flwr.app import Message\nimport flwr\nimportlib.import_module('flwr.serverapp')\n")
+    assert _imports_flwr(f) == [2, 3, 4]
+    assert _imports_flwr(ALLOWED / "server_app.py")  # the flower engine itself does import it

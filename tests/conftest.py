@@ -16,7 +16,10 @@ def micro_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_micro_model(tmp_path_factory.mktemp("micro") / "model")
 
 
-def make_records(n: int = 40, categories: tuple[str, ...] = ("open_qa", "classification", "brainstorming")) -> list[Record]:
+CATS = ("open_qa", "classification", "brainstorming")
+
+
+def make_records(n: int = 40, categories: tuple[str, ...] = CATS) -> list[Record]:
     out = []
     for i in range(n):
         cat = categories[i % len(categories)]
@@ -28,3 +31,13 @@ def make_records(n: int = 40, categories: tuple[str, ...] = ("open_qa", "classif
 @pytest.fixture
 def records() -> list[Record]:
     return make_records()
+
+
+@pytest.fixture(scope="session")
+def small_data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """80 Dolly-format records in 3 categories: fast end-to-end runs without the built-in suite."""
+    from fedit.data.sources import write_records
+
+    path = tmp_path_factory.mktemp("data") / "small.jsonl"
+    write_records(path, make_records(80))
+    return path

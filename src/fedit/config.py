@@ -1,16 +1,21 @@
-"""One typed configuration for a run: nested dataclasses, loaded from TOML, overridden by CLI flags, saved with the run."""
+"""One typed run configuration: nested dataclasses, loaded from TOML, overridden by CLI flags, saved with the run."""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import tomli_w
-import tomllib
 
 from fedit.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 
 @dataclass
@@ -83,7 +88,7 @@ class RunConfig:
     clients_per_round: int | None = None  # overrides fraction when set
     min_clients: int = 1
     seed: int = 0
-    out: str = "runs/default"
+    out: str = ""  # run directory; "" = runs/run-<date>-<time>
     engine: str = "simulation"  # simulation | flower
     nodes: int = 2  # flower loopback launcher: SuperNodes to start
     eval_every: int = 0  # evaluate the global model every K rounds (0 = only base and final)

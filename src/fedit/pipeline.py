@@ -1,9 +1,10 @@
-"""Builds a run from a Config: data -> partition -> model + LoRA -> engine -> rounds -> evaluation. `run()` is the API."""
+"""Builds a run from a Config: data -> partition -> model + LoRA -> engine -> rounds -> evaluation (`run()`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,8 @@ def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = Fals
         reporter: Reporter | None = None, engine: Any = None) -> RunResult:
     """Run (or resume) federated instruction tuning as configured; returns the final adapter and evaluation."""
     cfg.validate()
+    if not cfg.run.out and resume is None:
+        cfg = cfg.override({"run.out": time.strftime("runs/run-%Y%m%d-%H%M%S")})
     store = RunStore(resume if resume is not None else cfg.run.out)
     data = prepare_data(cfg)
     if resume is not None:

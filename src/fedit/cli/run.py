@@ -148,8 +148,6 @@ def _run(config: Path | None, overrides: dict[str, Any], resume: Path | None, ov
             raise ConfigError(f"cannot resume: {resume} is not a fedit run directory (no config.toml)")
         cfg = build_config(saved, overrides)
     else:
-        if overrides.get("run.out") is None:
-            overrides["run.out"] = time.strftime("runs/run-%Y%m%d-%H%M%S")
         cfg = build_config(config, overrides)
         if overrides.get("client.local_epochs") is not None and overrides.get("client.local_steps") is None:
             cfg.client.local_steps = None  # explicit --local-epochs wins over a config file's local_steps

@@ -1,0 +1,5 @@
+"""`python -m fedit.cli` runs the CLI."""
+
+from fedit.cli import main
+
+main()

@@ -1,0 +1,107 @@
+"""`fedit experiment` (FedIT vs local-only vs centralized), `fedit eval` and `fedit generate` on the micro model."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedit.cli import app
+from fedit.cli.evaluate import NOT_CONFIG, RUN_OPTION_KEYS, run_overrides
+from fedit.config import Config
+from fedit.eval.experiment import CENTRALIZED, FEDIT, run_experiment, summarize
+
+SMALL = {"partition.clients": 3, "run.rounds": 2, "run.clients_per_round": 2, "client.local_steps": 2,
+         "client.batch_size": 2, "client.micro_batch_size": 2, "run.eval_limit": 8, "run.max_new_tokens": 3,
+         "data.cutoff_len": 64}
+FLAGS = ["--clients", "3", "--rounds", "2", "--clients-per-round", "2", "--local-steps", "2", "--batch-size", "2",
+         "--micro-batch-size", "2", "--eval-limit", "8", "--cutoff-len", "64"]
+
+
+@pytest.fixture(scope="module")
+def experiment(micro_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("exp") / "cli"
+    res = CliRunner().invoke(app, ["experiment", "--model", str(micro_model_dir), *FLAGS, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_every_run_option_is_an_experiment_option() -> None:
+    from fedit.cli.run import run_command
+
+    names = set(inspect.signature(run_command).parameters)
+    assert names - NOT_CONFIG == set(RUN_OPTION_KEYS)
+    cfg = Config().override(run_overrides({"lora_targets": "q_proj,k_proj", "field": ["instruction=q"],
+                                           "rounds": 7}))
+    assert cfg.lora.targets == ["q_proj", "k_proj"] and cfg.data.fields == {"instruction": "q"} and cfg.run.rounds == 7
+
+
+def test_experiment_outputs_and_compute_accounting(experiment: Path) -> None:
+    doc = json.loads((experiment / "experiment.json").read_text())
+    m = doc["methods"]
+    assert doc["complete"] and set(m) == {FEDIT, CENTRALIZED, "local/0", "local/1", "local/2"}
+    # FedIT: 2 rounds x 2 sampled clients x 2 steps; local: rounds x steps per round; centralized: FedIT's total
+    assert m[FEDIT]["steps"] == 8 and all(m[f"local/{k}"]["steps"] == 4 for k in range(3))
+    assert m[CENTRALIZED]["steps"] == 8 and m[CENTRALIZED]["examples"] == sum(m[f"local/{k}"]["examples"]
+                                                                               for k in range(3))
+    for res in m.values():
+        assert set(res["mean"]) == {"loss", "perplexity", "score", "exact_match"}
+        assert sum(c["n"] for c in res["per_category"].values()) == 8
+    # The FedIT row is the run's own final evaluation: same evaluator, same records.
+    run_eval = json.loads((experiment / "fedit" / "eval.json").read_text())
+    for cat, row in run_eval["per_category"].items():
+        assert m[FEDIT]["per_category"][cat]["loss"] == pytest.approx(row["final_loss"], abs=1e-6)
+    assert doc["base"]["mean"]["loss"] == pytest.approx(run_eval["mean"]["base_loss"], abs=1e-6)
+    assert set(doc["summary"]) == {"primary_metric", "score", "loss"}
+    md = (experiment / "experiment.md").read_text()
+    assert "| **fedit** |" in md and "| local/2 |" in md and "| centralized |" in md
+    for metric in ("score", "loss"):
+        assert (experiment / f"experiment_{metric}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (experiment / "local_1" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_experiment_is_deterministic(experiment: Path, micro_model_dir: Path, tmp_path: Path) -> None:
+    cfg = Config().override({**SMALL, "model.name": str(micro_model_dir)})
+    logs: list[str] = []
+    again = run_experiment(cfg, tmp_path / "again", log=logs.append)
+    first = json.loads((experiment / "experiment.json").read_text())
+    for name, res in first["methods"].items():
+        assert again["methods"][name]["per_category"] == pytest.approx(res["per_category"]), name
+    assert any(line.startswith("(b) local-only") for line in logs)
+
+
+def test_eval_and_generate_commands_on_the_experiments_run(experiment: Path, tmp_path: Path) -> None:
+    out = tmp_path / "e.json"
+    res = CliRunner().invoke(app, ["eval", "--adapter", str(experiment / "fedit"), "--data", "builtin",
+                                   "--limit", "8", "--max-new-tokens", "3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(out.read_text())
+    fed = json.loads((experiment / "experiment.json").read_text())["methods"][FEDIT]
+    assert ev["records"] == 8 and ev["mean"]["loss"] == pytest.approx(fed["mean"]["loss"], abs=1e-5)
+    assert ev["mean"]["score"] == pytest.approx(fed["mean"]["score"])
+
+    answers = tmp_path / "a.jsonl"
+    res = CliRunner().invoke(app, ["generate", "--adapter", str(experiment / "fedit" / "final"), "--limit", "5",
+                                   "--max-new-tokens", "3", "--out", str(answers)])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in answers.read_text().splitlines()]
+    assert len(rows) == 5 and all({"id", "instruction", "answer", "category", "gold"} <= set(r) for r in rows)
+
+    res = CliRunner().invoke(app, ["eval", "--adapter", str(tmp_path), "--out", str(out)])
+    assert res.exit_code == 2 and "not a PEFT adapter directory" in res.output
+
+
+def test_summary_judges_the_two_targets() -> None:
+    def res(score: float, loss: float) -> dict:
+        return {"mean": {"score": score, "loss": loss}, "per_category": {}}
+
+    s = summarize({FEDIT: res(0.50, 1.0), CENTRALIZED: res(0.54, 0.9), "local/0": res(0.3, 1.2),
+                   "local/1": res(0.49, 0.95)})
+    assert s["primary_metric"] == "score"
+    assert s["score"]["fedit_beats_every_local"] and s["score"]["within_10pct_of_centralized"]
+    assert s["score"]["gap_to_centralized"] == pytest.approx(0.04 / 0.54)
+    assert not s["loss"]["fedit_beats_every_local"] and s["loss"]["locals_beaten"] == "1/2"
+    assert not s["loss"]["within_10pct_of_centralized"]  # (1.0 - 0.9) / 0.9 = 11%

@@ -1,0 +1,97 @@
+"""Checkpoints and resume: 2 rounds + resume to 3 == 3 rounds, bit for bit; also after SIGKILL mid-round."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedit import pipeline
+from fedit.config import Config
+from fedit.errors import CheckpointError
+from fedit.model.lora import load_adapter_params
+
+
+def small_config(model_dir: Path, data: Path, out: Path, rounds: int, strategy: str = "fedadam",
+                 steps: int = 2) -> Config:
+    return Config().override({
+        "model.name": str(model_dir), "data.source": str(data), "partition.test_size": 2, "model.device": "cpu", "partition.clients": 4, "run.fraction": 0.5,
+        "run.rounds": rounds, "run.out": str(out), "client.local_steps": steps, "client.batch_size": 4,
+        "client.micro_batch_size": 2, "client.lr": 1e-2, "strategy.name": strategy, "run.eval_limit": 8,
+        "run.max_new_tokens": 4, "lora.r": 4,
+    })
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_is_bit_identical_and_checkpoints_are_complete(micro_model_dir: Path, small_data_file: Path, tmp_path: Path) -> None:
+    full = pipeline.run(small_config(micro_model_dir, small_data_file, tmp_path / "full", 3))
+    part = pipeline.run(small_config(micro_model_dir, small_data_file, tmp_path / "part", 2))
+    assert not same(full.final_params, part.final_params)
+    resumed = pipeline.run(small_config(micro_model_dir, small_data_file, tmp_path / "part", 3), resume=tmp_path / "part")
+    assert same(full.final_params, resumed.final_params)  # strategy state (FedAdam m, v), sampling, data order
+    assert same(load_adapter_params(tmp_path / "full" / "final"), load_adapter_params(tmp_path / "part" / "final"))
+    rows = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    full_rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["sampled"] for r in rows] == [r["sampled"] for r in full_rows]
+    r1 = rows[1]
+    payload = sum(v.numel() * v.element_size() for v in full.final_params.values())
+    assert r1["bytes_down"] == payload * len(r1["sampled"]) and r1["bytes_up"] == payload * len(r1["replied"])
+    for key in ("train_loss", "examples", "tokens", "train_seconds", "aggregate_seconds", "checkpoint_seconds"):
+        assert key in r1
+    ev = json.loads((tmp_path / "part" / "eval.json").read_text())
+    assert set(ev["mean"]) >= {"base_score", "final_score", "base_loss", "final_loss"}
+
+
+def test_refuses_non_empty_out_and_foreign_resume(micro_model_dir: Path, small_data_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(CheckpointError, match="not empty; pass --overwrite"):
+        pipeline.run(small_config(micro_model_dir, small_data_file, out, 1))
+    assert (out / "keep.txt").exists()
+    with pytest.raises(CheckpointError, match="not a fedit run directory"):
+        pipeline.run(small_config(micro_model_dir, small_data_file, out, 1), resume=out)
+    done = tmp_path / "done"
+    pipeline.run(small_config(micro_model_dir, small_data_file, done, 1))
+    (done / "round_0001" / "adapter" / "adapter_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="unreadable adapter weights"):
+        pipeline.run(small_config(micro_model_dir, small_data_file, done, 2), resume=done)
+    other = small_config(micro_model_dir, small_data_file, done, 2).override({"partition.clients": 3})
+    with pytest.raises(CheckpointError, match="data differs"):
+        pipeline.run(other, resume=done)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_round_then_resume(micro_model_dir: Path, small_data_file: Path, tmp_path: Path) -> None:
+    ref = pipeline.run(small_config(micro_model_dir, small_data_file, tmp_path / "ref", 3, steps=12))
+    cfg = small_config(micro_model_dir, small_data_file, tmp_path / "killed", 3, steps=12)
+    cfg_file = tmp_path / "run.toml"
+    cfg.save(cfg_file)
+    proc = subprocess.Popen([sys.executable, "-m", "fedit.cli", "run", "--config", str(cfg_file)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "killed" / "round_0001" / "metrics.json").exists():
+            assert proc.poll() is None, "run ended before round 1 was saved"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)  # round 2 is now in progress
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert not (tmp_path / "killed" / "round_0003").exists()
+    resumed = pipeline.run(cfg, resume=tmp_path / "killed")
+    assert same(ref.final_params, resumed.final_params)
+    assert not list((tmp_path / "killed").glob(".tmp-*"))

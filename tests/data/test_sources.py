@@ -325,3 +325,15 @@ def test_real_dolly_split() -> None:
     assert set(categories) == DOLLY_CATEGORIES
     test = load_records(DOLLY_DIR / "global_test.json", format="dolly")
     assert Counter(r.category for r in test) == dict.fromkeys(DOLLY_CATEGORIES, 10)
+
+
+def test_glob_pattern_loads_matching_files_in_order(tmp_path):
+    """A glob selects files (e.g. one per client) and leaves others out; each record names its file."""
+    for i in (2, 1):
+        (tmp_path / f"part_{i}.json").write_text(json.dumps([{"instruction": f"q{i}", "response": f"a{i}"}]))
+    (tmp_path / "test.json").write_text(json.dumps([{"instruction": "t", "response": "t"}]))
+    recs = load_records(str(tmp_path / "part_*.json"))
+    assert [r.instruction for r in recs] == ["q1", "q2"]
+    assert [r.meta["source"] for r in recs] == ["part_1.json", "part_2.json"]
+    with pytest.raises(DataError, match="no file matches"):
+        load_records(str(tmp_path / "nothing_*.json"))

@@ -261,6 +261,19 @@ def _looks_like_path(text: str) -> bool:
     )
 
 
+def _load_glob(pattern: str, format: str, fmap: dict[str, str]) -> list[Record]:
+    """Files matching a glob pattern, in sorted order (e.g. one file per client: `local_training_*.json`)."""
+    import glob
+
+    files = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern)) if Path(p).is_file())
+    if not files:
+        raise DataError(f"{pattern}: no file matches this pattern")
+    out: list[Record] = []
+    for f in files:
+        out.extend(_load_file(f, format, fmap))
+    return out
+
+
 # ---------------------------------------------------------------- public API
 
 
@@ -282,6 +295,8 @@ def load_records(source: str | Path, *, format: str = "auto", field_map: Mapping
         return builtin_records(split or "train")
     if text.startswith("hf:"):
         return _load_hub(text[3:], format, fmap, split)
+    if any(c in text for c in "*?[") and not Path(text).exists():
+        return _load_glob(text, format, fmap)
     path = Path(text).expanduser()
     if path.is_dir():
         if _is_hf_dir(path):

@@ -28,7 +28,8 @@ def test_export_merged_matches_adapter(tiny_dir: Path, tiny_run: Path, tmp_path:
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
     assert not any("lora" in n for n, _ in merged.named_parameters())
-    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), str(tiny_run / "final")).eval()
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32),
+                                        str(tiny_run / "final")).eval()
     prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
                for p in PROMPTS]
     ids = [tok.encode(p, add_special_tokens=False) for p in prompts]

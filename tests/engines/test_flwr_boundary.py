@@ -15,12 +15,8 @@ def _imports_flwr(path: Path) -> list[int]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     lines = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import) and any(a.name == "flwr" or a.name.startswith("flwr.") for a in node.names):
-            lines.append(node.lineno)
-        elif isinstance(node, ast.ImportFrom) and node.module and (node.module == "flwr"
-                                                                    or node.module.startswith("flwr.")):
-            lines.append(node.lineno)
-        elif (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))
+        if isinstance(node, ast.Import) and any(a.name == "flwr" or a.name.startswith("flwr.") for a in node.names) or isinstance(node, ast.ImportFrom) and node.module and (node.module == "flwr"
+                                                                    or node.module.startswith("flwr.")) or (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))
               and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__")
               and node.args and isinstance(node.args[0], ast.Constant)
               and str(node.args[0].value).split(".")[0] == "flwr"):

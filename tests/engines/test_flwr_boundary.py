@@ -11,15 +11,25 @@ SRC = Path(fedit.__file__).parent
 ALLOWED = SRC / "engines" / "flower"
 
 
+def _is_flwr(name: str | None) -> bool:
+    return bool(name) and (name == "flwr" or name.startswith("flwr."))  # type: ignore[union-attr]
+
+
 def _imports_flwr(path: Path) -> list[int]:
+    """Lines that import flwr: `import flwr...`, `from flwr... import`, importlib.import_module("flwr...")."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     lines = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import) and any(a.name == "flwr" or a.name.startswith("flwr.") for a in node.names) or isinstance(node, ast.ImportFrom) and node.module and (node.module == "flwr"
-                                                                    or node.module.startswith("flwr.")) or (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))
-              and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__")
-              and node.args and isinstance(node.args[0], ast.Constant)
-              and str(node.args[0].value).split(".")[0] == "flwr"):
+        if isinstance(node, ast.Import):
+            hit = any(_is_flwr(a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            hit = _is_flwr(node.module)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            fn = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            hit = fn in ("import_module", "__import__") and _is_flwr(str(node.args[0].value))
+        else:
+            hit = False
+        if hit:
             lines.append(node.lineno)
     return lines
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,15 @@ def make_run(model_dir: Path, run_dir: Path, rounds: int = 2, template: str = "a
         atomic_write_json(run_dir / round_dir_name(r) / "metrics.json", {"round": r})
     save_adapter(params, run_dir / "final", peft_config)
     return run_dir
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models generate fastest on one thread, and the shared 2-core CI machine is oversubscribed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 TINY = Path(__file__).resolve().parents[2] / "src" / "fedit" / "model" / "assets" / "tiny"
@@ -82,7 +92,8 @@ class Server:
         self.log = log
         cmd = [sys.executable, "-m", "fedit.cli", "serve", "--port", str(self.port), *args]
         with open(log, "w") as out:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as in the test process (see _one_torch_thread)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         import time

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from fedit.cli import app
 from fedit.eval.generate import GenerationSettings, generate_ids
 from fedit.serve.chat import interactive
-from fedit.serve.generation import GenerationWorker, Job, QueueFull
+from fedit.serve.generation import GenerationWorker, Job, QueueFull, generate_stream
 from fedit.serve.session import ModelSession, parse_adapter_args
 
 
@@ -68,12 +68,11 @@ def test_interactive_session(session: ModelSession) -> None:
 def test_worker_queue_is_bounded_and_fifo(session: ModelSession) -> None:
     worker = GenerationWorker(session, max_queue=1)
     done: list[str] = []
-    events = threading.Event()
 
     def job(tag: str) -> Job:
         ids = session.chat_ids("run", [{"role": "user", "content": tag}])
         return Job("run", ids, GenerationSettings(max_new_tokens=3),
-                   lambda ev: (done.append(tag), events.set()) if ev[0] == "done" else None)
+                   lambda ev: done.append(tag) if ev[0] == "done" else None)
 
     with session.lock:  # hold the model: the first job waits inside the worker, the second in the queue
         worker.submit(job("a"))
@@ -88,3 +87,17 @@ def test_worker_queue_is_bounded_and_fifo(session: ModelSession) -> None:
         time.sleep(0.02)
     worker.close()
     assert done == ["a", "b"]
+
+
+def test_cancel_stops_generation(session: ModelSession) -> None:
+    ids = session.chat_ids("run", [{"role": "user", "content": "hello"}])
+    cancel = threading.Event()
+    pieces: list[str] = []
+
+    def emit(text: str) -> None:  # a client that goes away after the first piece
+        pieces.append(text)
+        cancel.set()
+
+    reason, usage = generate_stream(session, "run", ids, GenerationSettings(max_new_tokens=50), emit, cancel=cancel)
+    assert reason == "cancelled" and len(pieces) == 1 and usage["completion_tokens"] < 50
+    assert not session.lock.locked()

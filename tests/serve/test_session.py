@@ -46,6 +46,8 @@ def test_bad_adapter_args(micro_run: Path, tmp_path: Path) -> None:
     names = [s.name for s in parse_adapter_args([f"a={micro_run}", f"b={micro_run / 'round_0001'}"],
                                                 include_base=True)]
     assert names == ["a", "b", "base"]
+    every = parse_adapter_args([str(micro_run)], all_rounds=True)
+    assert [(s.name, s.round) for s in every] == [("run", 2), ("run-round1", 1), ("run-round2", 2)]
 
 
 def test_one_base_many_adapters_match_separate_models(micro_run: Path, micro_model_dir: Path) -> None:

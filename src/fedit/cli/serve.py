@@ -15,10 +15,12 @@ ADAPTER_HELP = ("A run directory (uses final/), a round directory (round_NNNN), 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def _sources(adapter: list[str], model: str | None, template: str | None, include_base: bool = False) -> list[Any]:
+def _sources(adapter: list[str], model: str | None, template: str | None, include_base: bool = False,
+             all_rounds: bool = False) -> list[Any]:
     from fedit.serve.session import parse_adapter_args
 
-    return parse_adapter_args(adapter, model=model, template=template, include_base=include_base)
+    return parse_adapter_args(adapter, model=model, template=template, include_base=include_base,
+                              all_rounds=all_rounds)
 
 
 def _load(sources: list[Any], device: str) -> Any:
@@ -79,8 +81,9 @@ def chat_command(
 
 
 def _serve(adapter: list[str], model: str | None, template: str | None, host: str, port: int, api_key: str | None,
-           include_base: bool, max_tokens: int, max_prompt_tokens: int | None, max_body: int, max_queue: int,
-           device: str, log_level: str, open_page: bool) -> None:
+           include_base: bool, all_rounds: bool, device: str, *, max_tokens: int = 512,
+           max_prompt_tokens: int | None = None, max_body: int = 1 << 20, max_queue: int = 32,
+           log_level: str = "warning", open_page: bool = False) -> None:
     from fedit.errors import ConfigError
     from fedit.model.load import quiet_transformers
     from fedit.serve.api import run_server
@@ -93,7 +96,7 @@ def _serve(adapter: list[str], model: str | None, template: str | None, host: st
     if host not in LOOPBACK and not api_key:
         err_console.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach this "
                           "machine can use the model")
-    session = _load(_sources(adapter, model, template, include_base), device)
+    session = _load(_sources(adapter, model, template, include_base, all_rounds), device)
     limits = Limits(max_body_bytes=max_body, max_tokens=max_tokens, default_max_tokens=min(128, max_tokens),
                     max_prompt_tokens=max_prompt_tokens, max_queue=max_queue)
     shown = f"[{host}]" if ":" in host else host
@@ -117,6 +120,8 @@ def serve_command(
     api_key: str = typer.Option(None, "--api-key", envvar="FEDIT_API_KEY",
                                 help="Require 'Authorization: Bearer KEY' on /v1/ (env FEDIT_API_KEY)."),
     include_base: bool = typer.Option(False, "--include-base", help="Also serve the bare base model as 'base'."),
+    all_rounds: bool = typer.Option(False, "--all-rounds", help="Also serve every saved round of each run directory "
+                                                                "(as NAME-roundN) to compare rounds."),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Largest max_tokens a request may ask for."),
     max_prompt_tokens: int = typer.Option(None, "--max-prompt-tokens", help="Default: the model's context - 1."),
     max_body: int = typer.Option(1 << 20, "--max-body", help="Largest request body in bytes."),
@@ -125,8 +130,8 @@ def serve_command(
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level (info shows each request)."),
 ) -> None:
     """Serve adapters over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions, /v1/completions)."""
-    _serve(adapter, model, template, host, port, api_key, include_base, max_tokens, max_prompt_tokens, max_body,
-           max_queue, device, log_level, open_page=False)
+    _serve(adapter, model, template, host, port, api_key, include_base, all_rounds, device, max_tokens=max_tokens,
+           max_prompt_tokens=max_prompt_tokens, max_body=max_body, max_queue=max_queue, log_level=log_level)
 
 
 @user_errors
@@ -138,12 +143,12 @@ def ui_command(
     port: int = typer.Option(7860, help="TCP port."),
     api_key: str = typer.Option(None, "--api-key", envvar="FEDIT_API_KEY", help="Require this API key."),
     include_base: bool = typer.Option(False, "--include-base", help="Also offer the bare base model as 'base'."),
+    all_rounds: bool = typer.Option(False, "--all-rounds", help="Also offer every saved round of each run."),
     browser: bool = typer.Option(True, "--browser/--no-browser", help="Open the page in your browser."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
 ) -> None:
     """Open a web chat page for adapters (the same server as `fedit serve`, with the page at /)."""
-    _serve(adapter, model, template, host, port, api_key, include_base, 512, None, 1 << 20, 32, device, "warning",
-           open_page=browser)
+    _serve(adapter, model, template, host, port, api_key, include_base, all_rounds, device, open_page=browser)
 
 
 @user_errors

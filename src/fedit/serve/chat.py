@@ -91,8 +91,10 @@ def interactive(session: ModelSession, name: str, settings: GenerationSettings, 
         write(f"{name}> ")
         try:
             reply = answer(session, name, history, settings, write)
-        except KeyboardInterrupt:  # stop this answer, keep the conversation
-            reply = "(interrupted)"
+        except KeyboardInterrupt:  # Ctrl-C stops this answer; the conversation goes on without the turn
+            history.pop()
+            write("\n(interrupted)\n")
+            continue
         except ValueError as e:
             history.pop()
             write(f"error: {e}\n")

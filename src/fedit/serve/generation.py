@@ -77,9 +77,10 @@ class TextEmitter:
 class _Streamer:
     """transformers streamer protocol (put/end): forwards new token ids, dropping the prompt and the EOS."""
 
-    def __init__(self, emitter: TextEmitter, eos_ids: set[int]) -> None:
+    def __init__(self, emitter: TextEmitter, eos_ids: set[int], cancel: threading.Event) -> None:
         self.emitter = emitter
         self.eos_ids = eos_ids
+        self.cancel = cancel
         self.prompt_seen = False
         self.count = 0
         self.saw_eos = False
@@ -87,6 +88,8 @@ class _Streamer:
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:  # generate() first puts the prompt
             self.prompt_seen = True
+            return
+        if self.cancel.is_set():  # nobody is listening; generate() stops at its next check
             return
         ids = [int(t) for t in value.reshape(-1).tolist()]
         self.count += len(ids)
@@ -100,7 +103,8 @@ class _Streamer:
             self.emitter.add(kept)
 
     def end(self) -> None:
-        self.emitter.finish()
+        if not self.cancel.is_set():
+            self.emitter.finish()
 
 
 def _stopper(flag: Callable[[], bool]) -> Any:
@@ -137,8 +141,8 @@ def generate_stream(session: ModelSession, name: str, prompt_ids: list[int], set
     emitter = TextEmitter(session.tokenizer, stops, emit, lstrip=lstrip)
     model = session.model
     eos = eos_ids(session.tokenizer, model)
-    streamer = _Streamer(emitter, eos)
     cancelled = cancel or threading.Event()
+    streamer = _Streamer(emitter, eos, cancelled)
     seed = settings.seed if settings.seed is not None else random.randrange(2**31)
     device = next(model.parameters()).device
     with session.lock, session.use(name):

@@ -46,9 +46,8 @@ def _run_config(run_dir: Path) -> Any:
 
 
 def _latest_round(run_dir: Path) -> int | None:
-    rounds = [int(m.group(1)) for p in run_dir.iterdir() if p.is_dir() and (m := ROUND_DIR.match(p.name))
-              and _is_adapter(p / "adapter")]
-    return max(rounds) if rounds else None
+    rounds = _round_dirs(run_dir)
+    return int(rounds[-1].name[6:]) if rounds else None
 
 
 def _locate(path: Path) -> tuple[Path, Path | None, int | None]:
@@ -114,18 +113,30 @@ def resolve_adapter(arg: str | Path, name: str | None = None, model: str | None 
                          base, tmpl, round_idx, run_dir.resolve() if run_dir else None)
 
 
+def _round_dirs(run_dir: Path) -> list[Path]:
+    found = [p for p in run_dir.iterdir() if p.is_dir() and ROUND_DIR.match(p.name) and _is_adapter(p / "adapter")]
+    return sorted(found, key=lambda p: int(p.name[6:]))
+
+
 def parse_adapter_args(items: Sequence[str], model: str | None = None, template: str | None = None,
-                       include_base: bool = False) -> list[AdapterSource]:
-    """`--adapter DIR` or `--adapter NAME=DIR`, repeated; names must be unique."""
+                       include_base: bool = False, all_rounds: bool = False) -> list[AdapterSource]:
+    """`--adapter DIR` or `--adapter NAME=DIR`, repeated; names must be unique.
+
+    `all_rounds`: a run directory also contributes every saved round, named `NAME-roundN` (compare rounds).
+    """
     if not items:
         raise ConfigError("--adapter: give at least one adapter (a run directory or a PEFT adapter directory)")
     out: list[AdapterSource] = []
     for item in items:
         name, sep, rest = item.partition("=")
-        if sep and name and "/" not in name and not Path(item).exists():
-            out.append(resolve_adapter(rest, name=name.strip(), model=model, template=template))
-        else:
-            out.append(resolve_adapter(item, model=model, template=template))
+        named = bool(sep and name and "/" not in name and not Path(item).exists())
+        src = resolve_adapter(rest if named else item, name=name.strip() if named else None, model=model,
+                              template=template)
+        out.append(src)
+        run = Path(rest if named else item).expanduser()
+        if all_rounds and _is_run(run) and not _is_adapter(run):
+            out.extend(resolve_adapter(r, name=f"{src.name}-round{int(r.name[6:])}", model=model, template=template)
+                       for r in _round_dirs(run))
     if include_base:
         out.append(AdapterSource(BASE_ONLY, None, out[0].base, out[0].template))
     names = [s.name for s in out]

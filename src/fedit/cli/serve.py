@@ -101,7 +101,8 @@ def _serve(adapter: list[str], model: str | None, template: str | None, host: st
                     max_prompt_tokens=max_prompt_tokens, max_queue=max_queue)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}"
-    console.print(f"serving {', '.join(session.names)} on {url}/v1 (chat page: {url}/)", highlight=False)
+    console.print(f"serving {', '.join(session.names)} on {url}/v1 (chat page: {url}/)", highlight=False,
+                  soft_wrap=True)
     if open_page:
         from fedit.serve.ui import open_when_up
 
@@ -169,7 +170,7 @@ def export_command(
     with console.status(f"merging {source.path} into {source.base}…"):
         path = export_merged(source, out, dtype=dtype, overwrite=overwrite)
     console.print(f"merged model written to {path} (base {source.base}, round "
-                  f"{source.round if source.round is not None else '?'})", highlight=False)
+                  f"{source.round if source.round is not None else '?'})", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks of fedit against baselines (hand-written loop, Shepherd-style rounds); `fedit bench` runs them."""

@@ -1,0 +1,226 @@
+"""Shared pieces of the benchmarks: model and data setup, repeated timing, medians, RSS, tables and JSON output."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedit.data.records import Record
+
+DOLLY_DIRNAME = "dolly-15k-shepherd-10"
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+def find_dolly(explicit: str | None = None) -> Path | None:
+    """The Shepherd-split Dolly directory: --data, $FEDIT_BENCH_DATA, ../shared/data/... from the cwd or the repo."""
+    candidates = [explicit, os.environ.get("FEDIT_BENCH_DATA"),
+                  Path.cwd() / ".." / "shared" / "data" / DOLLY_DIRNAME,
+                  Path(__file__).resolve().parents[4] / "shared" / "data" / DOLLY_DIRNAME]
+    for c in candidates:
+        if c and glob.glob(str(Path(c) / "local_training_*.json")):
+            return Path(c).resolve()
+    return None
+
+
+def dolly_client_files(root: Path) -> list[Path]:
+    return sorted(Path(root).glob("local_training_*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+
+
+def load_dolly_clients(root: Path) -> list[list[Record]]:
+    """One record list per Shepherd client file."""
+    from fedit.data.sources import load_records
+
+    return [load_records(f, format="dolly") for f in dolly_client_files(root)]
+
+
+def synthetic_records(n: int, seed: int = 0) -> list[Record]:
+    """Records with Dolly-like spread of lengths (short QA to long contexts), for smoke runs without real data."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["the", "a", "river", "city", "baker", "Rome", "Paris", "apple", "plum", "data", "model", "answer",
+             "question", "brown", "fox", "dog", "lazy"]
+    cats = ["open_qa", "closed_qa", "summarization", "brainstorming"]
+    out = []
+    for i in range(n):
+        ctx_len = rng.choice([0, 0, 0, rng.randint(20, 150)])
+        out.append(Record(
+            instruction=" ".join(rng.choices(words, k=rng.randint(4, 20))) + "?",
+            context=" ".join(rng.choices(words, k=ctx_len)),
+            response=" ".join(rng.choices(words, k=rng.randint(3, 90))) + ".",
+            category=cats[i % len(cats)],
+        ))
+    return out
+
+
+def client_data(n_clients: int, per_client: int, data: str | None, smoke: bool,
+                mixed: bool = False) -> tuple[list[list[Record]], str]:
+    """`n_clients` lists of `per_client` records: client i takes the next items of Shepherd client file i mod 10
+    (`mixed`: every client takes items from all files in turn, a category mix), or synthetic records in smoke runs."""
+    root = None if smoke else find_dolly(data)
+    if root is None:
+        recs = synthetic_records(n_clients * per_client)
+        return [recs[i * per_client:(i + 1) * per_client] for i in range(n_clients)], "synthetic"
+    files = load_dolly_clients(root)
+    if mixed:
+        pool = [r for group in zip(*files, strict=False) for r in group]  # round-robin over the files
+        return [pool[i * per_client:(i + 1) * per_client] for i in range(n_clients)], f"dolly, mixed ({root})"
+    return [files[i % len(files)][(i // len(files)) * per_client:][:per_client]
+            for i in range(n_clients)], f"dolly ({root})"
+
+
+# ---- model --------------------------------------------------------------------------------------------------------
+def tiny_available() -> bool:
+    from fedit.model.load import TINY_PATH
+
+    return (TINY_PATH / "config.json").is_file() and any(TINY_PATH.glob("*.safetensors"))
+
+
+_MICRO_CACHE: dict[tuple[int, int], Path] = {}
+
+
+def model_name(model: str, smoke: bool) -> tuple[str, str]:
+    """(path or name to load, description). 'auto' = the shipped tiny base when present, else a random micro Llama
+    of the tiny shape (hidden 256, 4 layers); smoke runs always use a 2-layer micro model."""
+    if model not in ("auto", "micro"):
+        return model, model
+    if model == "auto" and not smoke and tiny_available():
+        return "tiny", "tiny (shipped base)"
+    from fedit.tools.micro_model import build_micro_model
+
+    shape = (32, 2) if smoke else (256, 4)
+    if shape not in _MICRO_CACHE:
+        out = Path(tempfile.mkdtemp(prefix="fedit-bench-micro-")) / "model"
+        _MICRO_CACHE[shape] = build_micro_model(out, hidden=shape[0], layers=shape[1], heads=4,
+                                                kv_heads=4 if shape[0] >= 256 else 2, max_positions=512)
+    return str(_MICRO_CACHE[shape]), f"random micro Llama (hidden {shape[0]}, {shape[1]} layers)"
+
+
+def bench_config(model: str, **overrides: Any):
+    """A Config for benchmarks: CPU float32, alpaca template, the given model and overrides (dotted keys)."""
+    from fedit.config import Config
+
+    # train_on_inputs: Shepherd's default, and no record is dropped for a prompt longer than the cutoff.
+    base = {"model.name": model, "model.device": "cpu", "model.dtype": "float32", "data.template": "alpaca",
+            "data.train_on_inputs": True, "run.eval_every": 0}
+    return Config().override({**base, **overrides})
+
+
+# ---- measurement --------------------------------------------------------------------------------------------------
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def interleave(fns: dict[str, Callable[[], dict[str, float]]], repeats: int) -> dict[str, list[dict[str, float]]]:
+    """Run each contender once per repeat, alternating the order, so load changes on a shared CPU hit both alike."""
+    out: dict[str, list[dict[str, float]]] = {k: [] for k in fns}
+    names = list(fns)
+    for rep in range(repeats):
+        for name in (names if rep % 2 == 0 else names[::-1]):
+            out[name].append(fns[name]())
+    return out
+
+
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: median([r[k] for r in runs]) for k in runs[0]} if runs else {}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (MiB)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    with contextlib.suppress(OSError):
+        info["load_avg_1m"] = os.getloadavg()[0]
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+        import peft
+
+        info["peft"] = peft.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+# ---- output -------------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    metric: str
+    value: Any
+    target: str = ""
+    met: bool | None = None
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e3 else f"{v:,.0f}"
+    return str(v)
+
+
+def print_table(title: str, rows: Sequence[Row]) -> None:
+    """A plain aligned table (no rich dependency needed in the thin scripts)."""
+    cells = [(r.metric, fmt(r.value), r.target, "" if r.met is None else ("yes" if r.met else "NO")) for r in rows]
+    head = ("metric", "value", "target", "met")
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)] if cells else [len(h) for h in head]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for c in cells:
+        print("  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)))
+
+
+def write_json(path: str | Path | None, obj: Any) -> None:
+    if not path:
+        return
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+
+
+def set_threads(n: int | None) -> None:
+    """Torch intra-op threads. On a shared, oversubscribed CPU one thread per process is often faster than two
+    (threads wait for each other at every op); both contenders always run with the same setting."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def quiet() -> None:
+    from fedit.model.load import quiet_transformers
+
+    quiet_transformers()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,285 @@
+"""Target 3: fedit's round vs a Shepherd-style round (the reference FedIT framework's documented per-round procedure).
+
+The baseline follows Shepherd's main.py / GeneralClient / FedAvg step by step, on the same model object, data and
+hyperparameters as fedit:
+  per round, per sampled client: re-read the client's JSON file (`datasets.load_dataset("json")`), shuffle and
+  re-tokenise it (`.map(generate_and_tokenize_prompt)`, Alpaca prompt, truncation at the cutoff, EOS appended),
+  deep-copy the adapter, build a new `transformers.Trainer` (micro-batches padded to the longest item with
+  `DataCollatorForSeq2Seq(pad_to_multiple_of=8)`, `logging_steps=1`, no length grouping: random sampling, AdamW), train, `torch.save`
+  the client adapter to disk and restore the old one; then FedAvg reads every client adapter back from disk,
+  averages them weighted by dataset size, loads the average and saves the global adapter.
+Not reproduced (all of which would make the baseline slower): 8-bit loading and `prepare_model_for_int8_training`'s
+gradient checkpointing (CUDA only; `--gradient-checkpointing` turns the latter on), the per-client val split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fedit.bench.common import (
+    Row,
+    bench_config,
+    client_data,
+    machine,
+    median,
+    model_name,
+    print_table,
+    quiet,
+    ratio,
+    set_threads,
+    write_json,
+)
+
+PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                "Write a response that appropriately completes the request.\n\n"
+                "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+                   "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+
+
+class ShepherdRounds:
+    """Shepherd's round procedure on a live PeftModel; `round(r, client_ids)` returns nothing, writes to `workdir`."""
+
+    def __init__(self, model: Any, tokenizer: Any, files: list[Path], workdir: Path, *, batch_size: int,
+                 micro_batch_size: int, epochs: float, lr: float, cutoff_len: int, train_on_inputs: bool,
+                 gradient_checkpointing: bool = False, use_cpu: bool = True) -> None:
+        self.model, self.tokenizer, self.files, self.workdir = model, tokenizer, files, workdir
+        self.batch_size, self.micro, self.epochs, self.lr = batch_size, micro_batch_size, epochs, lr
+        self.cutoff_len, self.train_on_inputs = cutoff_len, train_on_inputs
+        self.gradient_checkpointing, self.use_cpu = gradient_checkpointing, use_cpu
+
+    # -- Shepherd's generate_and_tokenize_prompt -------------------------------------------------------------------
+    def _tokenize(self, prompt: str, add_eos_token: bool = True) -> dict[str, list[int]]:
+        result = self.tokenizer(prompt, truncation=True, max_length=self.cutoff_len, padding=False,
+                                return_tensors=None)
+        eos = self.tokenizer.eos_token_id
+        if result["input_ids"][-1] != eos and len(result["input_ids"]) < self.cutoff_len and add_eos_token:
+            result["input_ids"].append(eos)
+            result["attention_mask"].append(1)
+        result["labels"] = result["input_ids"].copy()
+        return dict(result)
+
+    def _generate_and_tokenize_prompt(self, dp: dict[str, Any]) -> dict[str, list[int]]:
+        tmpl = PROMPT_INPUT if dp["context"] else PROMPT_NO_INPUT
+        user_prompt = tmpl.format(instruction=dp["instruction"], input=dp["context"])
+        full = self._tokenize(user_prompt + dp["response"])
+        if not self.train_on_inputs:
+            n = len(self._tokenize(user_prompt, add_eos_token=False)["input_ids"])
+            full["labels"] = [-100] * n + full["labels"][n:]
+        return full
+
+    # -- one client (GeneralClient) -------------------------------------------------------------------------------
+    def _client(self, round_idx: int, cid: int) -> int:
+        import datasets
+        import torch
+        import transformers
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        local = datasets.load_dataset("json", data_files=str(self.files[cid]),
+                                      cache_dir=str(self.workdir / "hf_cache"))
+        train = local["train"].shuffle().map(self._generate_and_tokenize_prompt)
+        out_dir = self.workdir / str(round_idx) / f"local_output_{cid}"
+        args = transformers.TrainingArguments(
+            per_device_train_batch_size=self.micro, gradient_accumulation_steps=self.batch_size // self.micro,
+            warmup_steps=0, num_train_epochs=self.epochs, learning_rate=self.lr, logging_steps=1,
+            optim="adamw_torch", eval_strategy="no", save_strategy="no", output_dir=str(out_dir),
+            train_sampling_strategy="random", dataloader_drop_last=False, report_to="none", use_cpu=self.use_cpu,
+            bf16=not self.use_cpu, gradient_checkpointing=self.gradient_checkpointing,
+        )
+        trainer = transformers.Trainer(
+            model=self.model, train_dataset=train, args=args,
+            data_collator=transformers.DataCollatorForSeq2Seq(self.tokenizer, pad_to_multiple_of=8,
+                                                              return_tensors="pt", padding=True),
+        )
+        self.model.config.use_cache = False
+        old = copy.deepcopy({n: p.detach() for n, p in self.model.named_parameters() if "default" in n})
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            trainer.train()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(get_peft_model_state_dict(self.model), out_dir / "pytorch_model.bin")
+        # back to the global adapter for the next client, as Shepherd's terminate_local_training does
+        set_peft_model_state_dict(self.model, get_peft_model_state_dict(self.model, old, "default"), "default")
+        return len(train)
+
+    def round(self, round_idx: int, client_ids: list[int]) -> None:
+        import torch
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        sizes = {cid: self._client(round_idx, cid) for cid in client_ids}
+        total = sum(sizes.values())
+        avg: dict[str, torch.Tensor] = {}
+        for k, cid in enumerate(client_ids):  # Shepherd's FedAvg: read each adapter back from disk
+            w = torch.load(self.workdir / str(round_idx) / f"local_output_{cid}" / "pytorch_model.bin",
+                           weights_only=True)
+            for key, v in w.items():
+                avg[key] = v * (sizes[cid] / total) if k == 0 else avg[key] + v * (sizes[cid] / total)
+        set_peft_model_state_dict(self.model, avg, "default")
+        torch.save(get_peft_model_state_dict(self.model), self.workdir / str(round_idx) / "adapter_model.bin")
+        self.model.peft_config["default"].save_pretrained(str(self.workdir))
+
+
+def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str | None = None,
+        rounds: int | None = None, clients: int = 3, per_client: int | None = None, hand_loop: bool | None = None,
+        gradient_checkpointing: bool = False) -> dict[str, Any]:
+    import torch
+
+    from fedit.bench.handloop import hand_loop as plain_loop
+    from fedit.data.tokenize import tokenize_records
+    from fedit.engines.simulation import ClientDataCache, SimulationEngine
+    from fedit.pipeline import build_model
+    from fedit.server.checkpoint import RunStore
+    from fedit.server.rounds import run_rounds
+    from fedit.strategies import build_strategy
+    from fedit.strategies._math import weighted_average
+    from fedit.types import ClientUpdate
+
+    quiet()
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    datasets.disable_progress_bars()
+    per_client = per_client or (8 if smoke else (32 if quick else 64))
+    rounds = rounds or (1 if smoke else (2 if quick else 3))
+    hand_loop = (not quick or smoke) if hand_loop is None else hand_loop
+    name, desc = model_name(model, smoke)
+    records, source = client_data(clients, per_client, data, smoke)
+    work = Path(tempfile.mkdtemp(prefix="fedit-bench-shepherd-"))
+    files = []
+    for cid, recs in enumerate(records):  # each client's private file, as Shepherd's local_training_<id>.json
+        f = work / "data" / f"local_training_{cid}.json"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps([{"instruction": r.instruction, "context": r.context, "response": r.response,
+                                  "category": r.category} for r in recs]), encoding="utf-8")
+        files.append(f)
+
+    batch, micro, lr, cutoff = 16, 8, 3e-4, 256
+    cfg = bench_config(name, **{"partition.clients": clients, "run.clients_per_round": clients,
+                                "client.batch_size": batch, "client.micro_batch_size": micro,
+                                "client.local_epochs": 1.0, "client.lr": lr, "data.cutoff_len": cutoff,
+                                "run.out": str(work / "fedit_run")})
+    bundle = build_model(cfg)
+    slots = bundle.trainer.slots
+    init = slots.get()
+    ids = list(range(clients))
+
+    shepherd = ShepherdRounds(bundle.model, bundle.tokenizer, files, work / "shepherd", batch_size=batch,
+                              micro_batch_size=micro, epochs=1.0, lr=lr, cutoff_len=cutoff,
+                              train_on_inputs=cfg.data.train_on_inputs,
+                              gradient_checkpointing=gradient_checkpointing)
+    strategy = build_strategy(cfg.strategy)
+    store = RunStore(cfg.run.out)
+    store.create(cfg.to_toml(), {"benchmark": "shepherd"}, overwrite=True)
+    fed = {"params": init, "state": strategy.init_state(init)}
+    store.save_round(0, init, fed["state"], {"round": 0}, bundle.peft_config)
+    engine = SimulationEngine(bundle.trainer, ClientDataCache(records, bundle.template, bundle.tokenizer, cfg), cfg)
+    hand_data = [tokenize_records(r, bundle.template, bundle.tokenizer, cutoff, cfg.data.train_on_inputs, True)
+                 for r in records]  # a plain loop tokenizes once, before its rounds
+    hand_params = {"p": init}
+
+    def fedit_round(r: int) -> None:
+        rcfg = cfg.override({"run.rounds": r})
+        fed["params"], fed["state"], _ = run_rounds(rcfg, engine, strategy, store, bundle.peft_config,
+                                                    fed["params"], fed["state"], r - 1)
+
+    def shepherd_round(r: int) -> None:
+        slots.set(shepherd_params["p"])
+        shepherd.round(r, ids)
+        shepherd_params["p"] = slots.get()
+
+    def hand_round(r: int) -> None:
+        ups = []
+        for cid in ids:
+            slots.set(hand_params["p"])
+            steps = math.ceil(len(hand_data[cid]) / batch)
+            plain_loop(bundle.model, hand_data[cid], bundle.tokenizer.pad_token_id, batch_size=batch,
+                       micro_batch_size=micro, steps=steps, lr=lr, seed=r * 1000 + cid)
+            ups.append(ClientUpdate(cid, slots.get(), len(hand_data[cid])))
+        hand_params["p"] = {k: v.float() for k, v in weighted_average(ups).items()}
+
+    shepherd_params = {"p": init}
+    contenders = {"fedit": fedit_round, "shepherd": shepherd_round}
+    if hand_loop:
+        contenders["hand_loop"] = hand_round
+    times: dict[str, list[dict[str, float]]] = {k: [] for k in contenders}
+    for r in range(1, rounds + 1):  # interleaved round by round, alternating the order
+        order = list(contenders) if r % 2 else list(contenders)[::-1]
+        for k in order:
+            t0, c0 = time.perf_counter(), time.process_time()
+            contenders[k](r)
+            times[k].append({"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0})
+    slots.set(init)
+
+    med = {k: {m: median([t[m] for t in v]) for m in ("seconds", "cpu_seconds")} for k, v in times.items()}
+    res: dict[str, Any] = {
+        "benchmark": "shepherd", "model": desc, "data": source, "clients_per_round": clients,
+        "examples_per_client": per_client, "rounds": rounds, "batch_size": batch, "micro_batch_size": micro,
+        "cutoff_len": cutoff, "lr": lr, "local_epochs": 1, "train_on_inputs": cfg.data.train_on_inputs,
+        "baseline_gradient_checkpointing": gradient_checkpointing, "torch_threads": torch.get_num_threads(),
+        "fedit_round_seconds": med["fedit"]["seconds"], "shepherd_round_seconds": med["shepherd"]["seconds"],
+        "fedit_first_round_seconds": times["fedit"][0]["seconds"],
+        "shepherd_speedup": ratio(med["shepherd"]["seconds"], med["fedit"]["seconds"]),
+        "shepherd_speedup_cpu_time": ratio(med["shepherd"]["cpu_seconds"], med["fedit"]["cpu_seconds"]),
+        "per_round": times,
+    }
+    if hand_loop:
+        res["hand_loop_round_seconds"] = med["hand_loop"]["seconds"]
+        res["shepherd_vs_hand_loop"] = ratio(med["shepherd"]["seconds"], med["hand_loop"]["seconds"])
+        res["hand_loop_vs_fedit"] = ratio(med["hand_loop"]["seconds"], med["fedit"]["seconds"])
+    res["shepherd_speedup_target"] = ">= 2.0"
+    res["shepherd_target_met"] = res["shepherd_speedup"] >= 2.0
+    return res
+
+
+def rows(res: dict[str, Any]) -> list[Row]:
+    out = [
+        Row("Shepherd-style round, median (s)", res["shepherd_round_seconds"]),
+        Row("fedit round incl. checkpoint, median (s)", res["fedit_round_seconds"]),
+        Row("fedit first round (tokenizes once) (s)", res["fedit_first_round_seconds"]),
+        Row("shepherd_speedup (Shepherd / fedit)", res["shepherd_speedup"], ">= 2.0", res["shepherd_target_met"]),
+        Row("same, per process CPU second", res["shepherd_speedup_cpu_time"], ">= 2.0",
+            res["shepherd_speedup_cpu_time"] >= 2.0),
+    ]
+    if "hand_loop_round_seconds" in res:
+        out += [Row("hand-written loop round, median (s)", res["hand_loop_round_seconds"]),
+                Row("Shepherd / hand loop (reference: 1.2-1.4)", res["shepherd_vs_hand_loop"]),
+                Row("hand loop / fedit", res["hand_loop_vs_fedit"])]
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--model", default="auto")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--clients", type=int, default=3)
+    ap.add_argument("--per-client", type=int, default=None)
+    ap.add_argument("--hand-loop", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time a plain hand-written loop per round (default: on except with --quick)")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="as Shepherd's int8 preparation does")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    set_threads(a.threads)
+    res = run(a.quick, a.smoke, a.model, a.data, a.rounds, a.clients, a.per_client, a.hand_loop,
+              a.gradient_checkpointing)
+    res["machine"] = machine()
+    print_table(f"Shepherd-style rounds vs fedit ({res['model']}, {res['data']}, {res['clients_per_round']} clients x "
+                f"{res['examples_per_client']} items, {res['rounds']} rounds)", rows(res))
+    write_json(a.json, res)
+    return res
+
+
+if __name__ == "__main__":
+    main()

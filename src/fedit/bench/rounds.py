@@ -40,8 +40,8 @@ def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str 
 
     quiet()
     n_clients = 10
-    per_client = 8 if smoke else (32 if quick else 64)
-    rounds = rounds or (2 if smoke else (4 if quick else 6))
+    per_client = 8 if smoke else (32 if quick else 48)
+    rounds = rounds or (2 if smoke else (4 if quick else 5))
     name, desc = model_name(model, smoke)
     clients, source = client_data(n_clients + 1, per_client, data, smoke)
     test = clients.pop()[:8]

@@ -5,9 +5,9 @@ hyperparameters as fedit:
   per round, per sampled client: re-read the client's JSON file (`datasets.load_dataset("json")`), shuffle and
   re-tokenise it (`.map(generate_and_tokenize_prompt)`, Alpaca prompt, truncation at the cutoff, EOS appended),
   deep-copy the adapter, build a new `transformers.Trainer` (micro-batches padded to the longest item with
-  `DataCollatorForSeq2Seq(pad_to_multiple_of=8)`, `logging_steps=1`, no length grouping: random sampling, AdamW), train, `torch.save`
-  the client adapter to disk and restore the old one; then FedAvg reads every client adapter back from disk,
-  averages them weighted by dataset size, loads the average and saves the global adapter.
+  `DataCollatorForSeq2Seq(pad_to_multiple_of=8)`, `logging_steps=1`, random sampling without length grouping,
+  AdamW), train, `torch.save` the client adapter to disk and restore the old one; then FedAvg reads every client
+  adapter back from disk, averages them weighted by dataset size, loads the average and saves the global adapter.
 Not reproduced (all of which would make the baseline slower): 8-bit loading and `prepare_model_for_int8_training`'s
 gradient checkpointing (CUDA only; `--gradient-checkpointing` turns the latter on), the per-client val split.
 """

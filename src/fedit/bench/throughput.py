@@ -53,7 +53,7 @@ def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str 
     from fedit.pipeline import build_model
 
     quiet()
-    steps = 2 if smoke else (6 if quick else 20)
+    steps = 2 if smoke else (6 if quick else 12)
     repeats = repeats or (1 if smoke else (3 if quick else 5))
     batch, micro = 16, 8
     name, desc = model_name(model, smoke)

@@ -100,8 +100,9 @@ def test_experiment_is_deterministic(experiment: Path, micro_model_dir: Path, da
 def test_eval_and_generate_commands_on_the_experiments_run(experiment: Path, data_files: tuple[Path, Path],
                                                            tmp_path: Path) -> None:
     out = tmp_path / "e.json"
-    res = CliRunner().invoke(app, ["eval", "--adapter", str(experiment / "fedit"), "--data", str(data_files[1]),
-                                   "--limit", "8", "--max-new-tokens", "3", "--out", str(out)])
+    # No --data: the run's own held-out set (its data.test_source), as the run evaluated it.
+    res = CliRunner().invoke(app, ["eval", "--adapter", str(experiment / "fedit"), "--limit", "8",
+                                   "--max-new-tokens", "3", "--out", str(out)])
     assert res.exit_code == 0, res.output
     ev = json.loads(out.read_text())
     fed = json.loads((experiment / "experiment.json").read_text())["methods"][FEDIT]

@@ -67,8 +67,9 @@ def eval_command(
     adapter: Path = typer.Option(None, help="Adapter: a PEFT directory, a run directory (its final/) or a round "
                                             "directory. Omit to evaluate the base model."),
     model: str = typer.Option(None, help="Base model (default: the one the adapter's run used, else 'tiny')."),
-    data: str = typer.Option("builtin", help="Held-out data: 'builtin' (its test split), a partition directory "
-                                             "(its test.jsonl), or any file/dataset `fedit run --data` accepts."),
+    data: str = typer.Option(None, help="Held-out data: 'builtin' (its test split), a partition directory (its "
+                                        "test.jsonl), or any file/dataset `fedit run --data` accepts. Default: the "
+                                        "held-out set of the adapter's run, else builtin's."),
     format: str = typer.Option("auto", "--format", help="auto | dolly | alpaca | messages"),
     field: list[str] = typer.Option(None, "--field", help="Field mapping, e.g. --field instruction=question."),
     template: str = typer.Option(None, help="Prompt template (default: the adapter's run's, else auto)."),
@@ -84,7 +85,7 @@ def eval_command(
 
 
 @user_errors
-def _eval(adapter: Path | None, model: str | None, data: str, format: str, field: list[str] | None,
+def _eval(adapter: Path | None, model: str | None, data: str | None, format: str, field: list[str] | None,
           template: str | None, limit: int | None, generate: bool, max_new_tokens: int, batch_size: int,
           device: str, out: Path) -> None:
     from fedit.eval.answers import load_eval_records, load_target
@@ -92,7 +93,7 @@ def _eval(adapter: Path | None, model: str | None, data: str, format: str, field
     from fedit.eval.generate import GenerationSettings
     from fedit.server.checkpoint import atomic_write_json
 
-    records = load_eval_records(data, format, parse_kv(field, "--field"), limit)
+    records = load_eval_records(data, format, parse_kv(field, "--field"), limit, adapter=adapter)
     target = load_target(adapter, model, template, device)
     console.print(f"evaluating {target.adapter or 'the base model'} ({target.model_name}) on {len(records)} records")
     t0 = time.perf_counter()
@@ -100,7 +101,8 @@ def _eval(adapter: Path | None, model: str | None, data: str, format: str, field
                    generate=generate, settings=GenerationSettings(max_new_tokens=max_new_tokens),
                    batch_size=batch_size)
     seconds = time.perf_counter() - t0
-    doc = {"adapter": target.adapter, "model": target.model_name, "data": data, "records": len(records),
+    doc = {"adapter": target.adapter, "model": target.model_name, "data": data or "(the run's held-out set)",
+           "records": len(records),
            "seconds": seconds, **res.to_dict()}
     atomic_write_json(out, doc)
     console.print(metrics_table(doc, f"held-out evaluation of {target.adapter or 'the base model'}"))
@@ -109,7 +111,7 @@ def _eval(adapter: Path | None, model: str | None, data: str, format: str, field
 
 def generate_command(
     adapter: Path = typer.Option(None, help="Adapter (PEFT, run or round directory); omit for the base model."),
-    data: str = typer.Option("builtin", help="Requests to answer (same forms as `fedit eval --data`)."),
+    data: str = typer.Option(None, help="Requests to answer (same forms and default as `fedit eval --data`)."),
     out: Path = typer.Option(..., help="Answers file (JSONL) for `fedit judge`."),
     model: str = typer.Option(None, help="Base model (default: the adapter's run's, else 'tiny')."),
     format: str = typer.Option("auto", "--format"),
@@ -129,13 +131,13 @@ def generate_command(
 
 
 @user_errors
-def _generate(adapter: Path | None, data: str, out: Path, model: str | None, format: str, field: list[str] | None,
-              template: str | None, limit: int | None, max_new_tokens: int, temperature: float, seed: int,
-              batch_size: int, name: str | None, device: str) -> None:
+def _generate(adapter: Path | None, data: str | None, out: Path, model: str | None, format: str,
+              field: list[str] | None, template: str | None, limit: int | None, max_new_tokens: int,
+              temperature: float, seed: int, batch_size: int, name: str | None, device: str) -> None:
     from fedit.eval.answers import answers_from, load_eval_records, load_target, write_answers
     from fedit.eval.generate import GenerationSettings, generate_answers
 
-    records = load_eval_records(data, format, parse_kv(field, "--field"), limit)
+    records = load_eval_records(data, format, parse_kv(field, "--field"), limit, adapter=adapter)
     target = load_target(adapter, model, template, device)
     t0 = time.perf_counter()
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)

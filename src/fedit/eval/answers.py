@@ -140,13 +140,19 @@ def load_target(adapter: Path | None, model: str | None = None, template: str | 
                       str(adapter_dir) if adapter_dir is not None else None)
 
 
-def load_eval_records(data: str, format: str = "auto", field_map: dict[str, str] | None = None,
-                      limit: int | None = None, seed: int = 0) -> list[Record]:
-    """Held-out records: 'builtin' = its test split; a `fedit partition` directory = its test.jsonl; else the data."""
+def load_eval_records(data: str | None, format: str = "auto", field_map: dict[str, str] | None = None,
+                      limit: int | None = None, seed: int = 0, adapter: Path | None = None) -> list[Record]:
+    """Held-out records: 'builtin' = its test split; a `fedit partition` directory = its test.jsonl; else the data.
+
+    With no `data`, the held-out set of the run the adapter belongs to (as `fedit run` evaluated it), else builtin's.
+    """
     from fedit.data.sources import load_records
     from fedit.pipeline import is_partition_dir, stratified_head
 
-    if data == "builtin":
+    records = run_test_records(adapter) if data is None and adapter is not None else None
+    if records is not None:
+        pass  # the run's own held-out set
+    elif data is None or data == "builtin":
         from fedit.data.builtin import builtin_records
 
         records = builtin_records("test", seed=seed)
@@ -157,8 +163,19 @@ def load_eval_records(data: str, format: str = "auto", field_map: dict[str, str]
         records = load_records(test, format="dolly")
     else:
         records = load_records(data, format=format, field_map=field_map or {})
+    if not records:
+        raise DataError("no held-out records to evaluate; pass --data")
     if limit is not None:
         if limit < 1:
             raise ConfigError(f"--limit: got {limit}, expected an integer >= 1")
         records = stratified_head(records, limit)
     return records
+
+
+def run_test_records(adapter: Path) -> list[Record] | None:
+    """The held-out records of the run an adapter comes from (None when it is not part of a run directory)."""
+    from fedit.config import Config
+    from fedit.pipeline import prepare_data
+
+    cfg_path = find_run_config(resolve_adapter(adapter))
+    return prepare_data(Config.from_file(cfg_path)).test if cfg_path is not None else None

@@ -156,14 +156,31 @@ def compare_evals(base: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]
     return {"per_category": per, "mean": mean}
 
 
+def data_on_nodes(cfg: Config, client_ids: list[int]) -> PreparedData:
+    """The server's view when training data never leaves the nodes (`data.source = "nodes"`, Flower deployments):
+    which clients exist, and the held-out set only if one is given (`data.test_source`, or builtin's test split)."""
+    test = load_test_records(cfg) or []
+    h = hashlib.sha256(json.dumps(sorted(client_ids)).encode())
+    for r in test:
+        h.update(json.dumps(r.to_dict(), sort_keys=True, ensure_ascii=False).encode())
+    n = max(client_ids) + 1
+    stats = {"scheme": "on-nodes", "num_clients": n, "note": "training data stays on the nodes"}
+    return PreparedData([[] for _ in range(n)], test, stats, h.hexdigest())
+
+
 def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = False,
-        reporter: Reporter | None = None, engine: Any = None) -> RunResult:
-    """Run (or resume) federated instruction tuning as configured; returns the final adapter and evaluation."""
+        reporter: Reporter | None = None, engine: Any = None, data: PreparedData | None = None) -> RunResult:
+    """Run (or resume) federated instruction tuning as configured; returns the final adapter and evaluation.
+
+    `engine` replaces the in-process simulator (Flower passes its own); `data` replaces loading and partitioning
+    (a Flower server whose clients' data stays on the nodes passes `data_on_nodes(...)`).
+    """
     cfg.validate()
     if not cfg.run.out and resume is None:
         cfg = cfg.override({"run.out": time.strftime("runs/run-%Y%m%d-%H%M%S")})
     store = RunStore(resume if resume is not None else cfg.run.out)
-    data = prepare_data(cfg)
+    if data is None:
+        data = prepare_data(cfg)
     if resume is not None:
         info = store.open_existing()
         if info.get("data_fingerprint") != data.fingerprint:

@@ -95,3 +95,14 @@ def test_sigkill_mid_round_then_resume(micro_model_dir: Path, small_data_file: P
     resumed = pipeline.run(cfg, resume=tmp_path / "killed")
     assert same(ref.final_params, resumed.final_params)
     assert not list((tmp_path / "killed").glob(".tmp-*"))
+
+
+def test_data_on_nodes_view_needs_no_training_data() -> None:
+    """A Flower server with `data.source = "nodes"` knows only client ids and the public held-out set."""
+    from fedit.pipeline import data_on_nodes
+
+    cfg = Config().override({"data.source": "nodes"})
+    view = data_on_nodes(cfg, [2, 0, 1])
+    assert view.client_records == [[], [], []] and view.test == []
+    assert view.fingerprint == data_on_nodes(cfg, [0, 1, 2]).fingerprint
+    assert view.fingerprint != data_on_nodes(cfg, [0, 1, 2, 3]).fingerprint

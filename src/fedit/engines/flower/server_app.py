@@ -196,6 +196,9 @@ def serve(grid: Grid, rc: Any) -> None:
     engine = FlowerEngine(grid, hosted, round_timeout=run_setting(rc, "round-timeout"), poll=poll,
                           retries=run_setting(rc, "round-retries"), min_clients=cfg.run.min_clients)
     resume = cfg.run.out if run_setting(rc, "resume") else None
+    # data.source = "nodes": the server never reads training data, it only learns which clients the nodes host.
+    data = (pipeline.data_on_nodes(cfg, sorted(c for cs in hosted.values() for c in cs))
+            if cfg.data.source == "nodes" else None)
     result = pipeline.run(cfg, resume=resume, overwrite=run_setting(rc, "overwrite"), engine=engine,
-                          reporter=LogReporter())
+                          reporter=LogReporter(), data=data)
     _log(f"run finished: {result.run_dir}")

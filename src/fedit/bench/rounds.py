@@ -39,7 +39,7 @@ def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str 
     from fedit.types import payload_bytes
 
     quiet()
-    n_clients = 10
+    n_clients = 3 if smoke else 10
     per_client = 8 if smoke else (32 if quick else 48)
     rounds = rounds or (2 if smoke else (4 if quick else 5))
     name, desc = model_name(model, smoke)

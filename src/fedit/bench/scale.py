@@ -41,7 +41,8 @@ def all_records(data: str | None, smoke: bool) -> tuple[list[Any], str]:
     return [r for part in load_dolly_clients(root) for r in part], f"dolly ({root})"
 
 
-def worker(n_clients: int, model: str, data: str | None, smoke: bool, rounds: int) -> dict[str, Any]:
+def worker(n_clients: int, model: str, data: str | None, smoke: bool, rounds: int,
+           sampled: int = 10) -> dict[str, Any]:
     """One simulated run with `n_clients` registered clients; runs in its own process."""
     from fedit.engines.simulation import ClientDataCache, SimulationEngine
     from fedit.partition import partition
@@ -57,7 +58,7 @@ def worker(n_clients: int, model: str, data: str | None, smoke: bool, rounds: in
     part_s = time.perf_counter() - t0
     clients = [[records[i] for i in p] for p in parts]
     out = tempfile.mkdtemp(prefix="fedit-bench-scale-")
-    cfg = bench_config(model, **{"partition.clients": n_clients, "run.clients_per_round": 10, "run.rounds": rounds,
+    cfg = bench_config(model, **{"partition.clients": n_clients, "run.clients_per_round": sampled, "run.rounds": rounds,
                                  "client.local_steps": 1, "client.local_epochs": None, "run.out": out})
     bundle = build_model(cfg)
     strategy = build_strategy(cfg.strategy)
@@ -139,7 +140,7 @@ def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str 
     rounds = 1 if smoke else 2
     sizes = (10, 20) if smoke else SIZES
     # smoke: in this process (seconds, but the RSS peak is then shared and meaningless); otherwise a fresh process each
-    runs = [worker(n, name, data, smoke, rounds) if smoke else spawn(n, name, data, smoke, rounds, threads)
+    runs = [worker(n, name, data, smoke, rounds, sampled=2) if smoke else spawn(n, name, data, smoke, rounds, threads)
             for n in sizes]
     rss = {r["clients"]: r["peak_rss_mb"] for r in runs}
     agg_sizes = (2, 4, 8) if smoke else (5, 10, 20, 40)

@@ -16,6 +16,7 @@ MFU = FLOPs/s / peak dense bf16 (H100/H200 SXM: 989 TFLOP/s; pass --peak-tflops 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
 from typing import Any
@@ -78,7 +79,8 @@ def random_data(n: int, lengths: list[int], vocab: int, seed: int) -> Any:
 
 
 def run(smoke: bool = False, seq_len: int | None = None, micro: int | None = None, steps: int | None = None,
-        repeats: int | None = None, peak: float | None = None, lora_r: int = 16) -> dict[str, Any]:
+        repeats: int | None = None, peak: float | None = None, lora_r: int = 16,
+        compile_layers: bool = False) -> dict[str, Any]:
     import numpy as np
     import torch
 
@@ -108,6 +110,9 @@ def run(smoke: bool = False, seq_len: int | None = None, micro: int | None = Non
     base = build_model(shape, device, dtype, seq_len)
     model = attach_lora(base, LoraConfig(r=lora_r, alpha=2 * lora_r, dropout=0.05, targets=["q_proj", "v_proj"]),
                         seed=0, base_name="random-0.5b")
+    if compile_layers:  # opt-in: fuses the elementwise ops of each decoder layer (first steps pay compilation)
+        for layer in model.get_base_model().model.layers:
+            layer.compile()
     trainer = LocalTrainer(model, AdapterSlots(model), 0)
     init = trainer.slots.get()
     vocab = model.config.vocab_size
@@ -142,7 +147,7 @@ def run(smoke: bool = False, seq_len: int | None = None, micro: int | None = Non
             fedit_once(full, micro, 1, 0)
             hand_once(full, micro, 1, 0)
             break
-        except torch.OutOfMemoryError:
+        except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError):
             if micro == 1:
                 raise
             micro //= 2
@@ -168,8 +173,9 @@ def run(smoke: bool = False, seq_len: int | None = None, micro: int | None = Non
     achieved = tps * fl_full["flops_per_token"]
     res: dict[str, Any] = {
         "benchmark": "gpu_throughput", "device": name, "dtype": str(dtype).replace("torch.", ""),
-        "attention": "sdpa", "model_shape": dict(zip(("hidden", "layers", "heads", "kv_heads", "intermediate",
-                                                      "vocab"), SHAPES[shape], strict=True)),
+        "attention": "sdpa", "torch_compile_layers": compile_layers,
+        "model_shape": dict(zip(("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab"), SHAPES[shape],
+                                strict=True)),
         "params_total": sum(p.numel() for p in model.parameters()), "lora_r": lora_r,
         "lora_targets": ["q_proj", "v_proj"], "seq_len": seq_len, "micro_batch_size": micro,
         "batch_size": 2 * micro, "steps": steps, "repeats": repeats,
@@ -221,12 +227,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per measurement (default 12)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s of the card")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (off by default)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     from fedit.bench.common import quiet
 
     quiet()
-    res = run(a.smoke, a.seq_len, a.micro_batch, a.steps, a.repeats, a.peak_tflops)
+    res = run(a.smoke, a.seq_len, a.micro_batch, a.steps, a.repeats, a.peak_tflops, compile_layers=a.compile)
+    res["command"] = " ".join(["python benchmarks/gpu_throughput.py", *(argv if argv is not None else sys.argv[1:])])
     print_table(f"LoRA training on {res['device']} (random ~0.5B Llama, bf16, SDPA)", rows(res))
     write_json(a.json, res)
     return res

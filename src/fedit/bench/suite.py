@@ -24,6 +24,7 @@ HEADLINE = {  # self-explaining top-level keys of the JSON file -> (benchmark, k
     "bytes_match_payload_x_clients": ("round_overhead", "bytes_match_payload_x_clients"),
     "shepherd_speedup": ("shepherd", "shepherd_speedup"),
     "shepherd_speedup_cpu_time": ("shepherd", "shepherd_speedup_cpu_time"),
+    "shepherd_speedup_all_rounds": ("shepherd", "shepherd_speedup_all_rounds"),
     "memory_ratio_1000_vs_10": ("scale", "memory_ratio_1000_vs_10"),
     "aggregation_seconds_per_client": ("scale", "aggregation_seconds_per_client"),
     "aggregation_linear_r2": ("scale", "aggregation_linear_r2"),

@@ -53,7 +53,8 @@ class RichReporter:
 
     def __init__(self) -> None:
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
             disable=not sys.stdout.isatty(),
         )
@@ -90,7 +91,8 @@ class RichReporter:
         self.progress.console.print(
             f"round {round_idx}: loss {metrics['train_loss']:.4f}  clients {metrics['replied']}  "
             f"{metrics['tokens']} tok  {metrics['train_seconds']:.1f}s train  "
-            f"{metrics['aggregate_seconds'] * 1000:.1f}ms agg  {metrics['checkpoint_seconds'] * 1000:.1f}ms ckpt{extra}",
+            f"{metrics['aggregate_seconds'] * 1000:.1f}ms agg  "
+            f"{metrics['checkpoint_seconds'] * 1000:.1f}ms ckpt{extra}",
             highlight=False,
         )
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedit.cli import app
-from fedit.cli.evaluate import NOT_CONFIG, RUN_OPTION_KEYS, run_overrides
+from fedit.cli.run import NOT_CONFIG, RUN_OPTION_KEYS, run_overrides
 from fedit.config import Config
 from fedit.eval.experiment import CENTRALIZED, FEDIT, run_experiment, summarize
 

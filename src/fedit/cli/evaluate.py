@@ -12,40 +12,11 @@ import typer
 from rich.table import Table
 
 from fedit.cli.common import RichReporter, config_table, console, parse_kv, user_errors
+from fedit.cli.run import run_overrides
 from fedit.errors import ConfigError
 
+
 # `fedit experiment` takes `fedit run`'s options; each maps to a config key (field/lora_targets are parsed first).
-RUN_OPTION_KEYS: dict[str, str] = {
-    "model": "model.name", "device": "model.device", "dtype": "model.dtype", "quantization": "model.quantization",
-    "data": "data.source", "format": "data.format", "field": "data.fields", "test_data": "data.test_source",
-    "template": "data.template", "cutoff_len": "data.cutoff_len", "train_on_inputs": "data.train_on_inputs",
-    "clients": "partition.clients", "partition": "partition.scheme", "alpha": "partition.alpha",
-    "partition_field": "partition.field", "test_size": "partition.test_size",
-    "rounds": "run.rounds", "fraction": "run.fraction", "clients_per_round": "run.clients_per_round",
-    "min_clients": "run.min_clients", "seed": "run.seed", "eval_every": "run.eval_every",
-    "eval_limit": "run.eval_limit", "engine": "run.engine", "nodes": "run.nodes",
-    "local_steps": "client.local_steps", "local_epochs": "client.local_epochs", "batch_size": "client.batch_size",
-    "micro_batch_size": "client.micro_batch_size", "lr": "client.lr", "lr_schedule": "client.lr_schedule",
-    "weight_decay": "client.weight_decay", "max_grad_norm": "client.max_grad_norm",
-    "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout", "lora_targets": "lora.targets",
-    "strategy": "strategy.name", "server_lr": "strategy.server_lr", "mu": "strategy.mu",
-}
-NOT_CONFIG = {"config", "out", "overwrite", "resume"}  # handled by the command itself (resume: not offered)
-
-
-def run_overrides(options: dict[str, Any]) -> dict[str, Any]:
-    """Dotted config overrides from `fedit run`-style options (None = not given)."""
-    out: dict[str, Any] = {}
-    for name, key in RUN_OPTION_KEYS.items():
-        value = options.get(name)
-        if name == "field":
-            value = parse_kv(value, "--field") or None
-        elif name == "lora_targets" and value:
-            value = value.split(",")
-        out[key] = value
-    return out
-
-
 def metrics_table(result: dict[str, Any], title: str) -> Table:
     has_score = "score" in result["mean"]
     t = Table(title=title)

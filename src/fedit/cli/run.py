@@ -15,6 +15,39 @@ from fedit.errors import ConfigError
 
 RESUMABLE_OVERRIDES = {"run.rounds", "run.eval_every", "run.eval_limit"}
 
+# `fedit run` option name -> config key; `fedit experiment` takes the same options through this one map.
+RUN_OPTION_KEYS: dict[str, str] = {
+    "model": "model.name", "device": "model.device", "dtype": "model.dtype", "quantization": "model.quantization",
+    "data": "data.source", "format": "data.format", "field": "data.fields", "test_data": "data.test_source",
+    "template": "data.template", "cutoff_len": "data.cutoff_len", "train_on_inputs": "data.train_on_inputs",
+    "clients": "partition.clients", "partition": "partition.scheme", "alpha": "partition.alpha",
+    "partition_field": "partition.field", "test_size": "partition.test_size",
+    "rounds": "run.rounds", "fraction": "run.fraction", "clients_per_round": "run.clients_per_round",
+    "min_clients": "run.min_clients", "seed": "run.seed", "eval_every": "run.eval_every",
+    "eval_limit": "run.eval_limit", "engine": "run.engine", "nodes": "run.nodes",
+    "local_steps": "client.local_steps", "local_epochs": "client.local_epochs", "batch_size": "client.batch_size",
+    "micro_batch_size": "client.micro_batch_size", "lr": "client.lr", "lr_schedule": "client.lr_schedule",
+    "weight_decay": "client.weight_decay", "max_grad_norm": "client.max_grad_norm",
+    "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout", "lora_targets": "lora.targets",
+    "strategy": "strategy.name", "server_lr": "strategy.server_lr", "mu": "strategy.mu",
+}
+NOT_CONFIG = {"config", "out", "overwrite", "resume"}  # handled by the command itself
+
+
+def run_overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """Dotted config overrides from `fedit run`-style options (None = not given)."""
+    out: dict[str, Any] = {}
+    for name, key in RUN_OPTION_KEYS.items():
+        value = options.get(name)
+        if name == "field":
+            value = parse_kv(value, "--field") or None
+        elif name == "lora_targets" and value:
+            value = value.split(",")
+        out[key] = value
+    return out
+
+
+
 
 def build_config(config: Path | None, overrides: dict[str, Any]) -> Config:
     cfg = Config.from_file(config) if config else Config()
@@ -113,23 +146,8 @@ def run_command(
     quantization: str = typer.Option(None, help="4bit | 8bit (CUDA only)"),
 ) -> None:
     """Federated instruction tuning. With no arguments: the tiny shipped model on the built-in suite, 10 clients."""
-    overrides: dict[str, Any] = {
-        "model.name": model, "model.device": device, "model.dtype": dtype, "model.quantization": quantization,
-        "data.source": data, "data.format": format, "data.fields": parse_kv(field, "--field") or None,
-        "data.test_source": test_data, "data.template": template, "data.cutoff_len": cutoff_len,
-        "data.train_on_inputs": train_on_inputs,
-        "partition.clients": clients, "partition.scheme": partition, "partition.alpha": alpha,
-        "partition.field": partition_field, "partition.test_size": test_size,
-        "run.rounds": rounds, "run.fraction": fraction, "run.clients_per_round": clients_per_round,
-        "run.min_clients": min_clients, "run.seed": seed, "run.out": out, "run.eval_every": eval_every,
-        "run.eval_limit": eval_limit, "run.engine": engine, "run.nodes": nodes,
-        "client.local_steps": local_steps, "client.local_epochs": local_epochs, "client.batch_size": batch_size,
-        "client.micro_batch_size": micro_batch_size, "client.lr": lr, "client.lr_schedule": lr_schedule,
-        "client.weight_decay": weight_decay, "client.max_grad_norm": max_grad_norm,
-        "lora.r": lora_r, "lora.alpha": lora_alpha, "lora.dropout": lora_dropout,
-        "lora.targets": lora_targets.split(",") if lora_targets else None,
-        "strategy.name": strategy, "strategy.server_lr": server_lr, "strategy.mu": mu,
-    }
+    overrides = run_overrides(locals())
+    overrides["run.out"] = out
     _run(config, overrides, resume, overwrite)
 
 

@@ -148,7 +148,14 @@ def medians(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process (MiB)."""
+    """Peak resident set size of this process (MiB).
+
+    Linux: VmHWM of /proc/self/status. Not ru_maxrss: a child process started by fork + exec inherits its parent's
+    peak there, so every worker of a benchmark would report at least the parent's memory."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
 

@@ -236,7 +236,8 @@ def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = Fals
 
     eval_out = None
     if evaluate is not None:
-        base = store.load_round(0)[2].get("eval") or evaluate(store.load_round(0)[0])
+        round0_params, _, round0_metrics = store.load_round(0)
+        base = round0_metrics.get("eval") or evaluate(round0_params)
         final = evaluate(params)
         eval_out = compare_evals(base, final)
         eval_out["rounds"] = last

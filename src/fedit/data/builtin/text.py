@@ -73,9 +73,17 @@ def first_line(answer: str) -> str:
     return ""
 
 
+def first_sentence(line: str) -> str:
+    """Text up to the first sentence end: every answer in the suite is one sentence or shorter, and a model that
+    has learned the answer but not yet when to stop goes on with more corpus-like sentences ("... is Paris. The
+    capital of Russia is Moscow.")."""
+    return re.split(r"(?<=[.!?])\s+", line, maxsplit=1)[0]
+
+
 def clean(answer: str) -> str:
-    """First line, lower case, straight quotes, no surrounding quotes or trailing punctuation, single spaces."""
-    s = first_line(answer).translate(_QUOTES).lower()
+    """First sentence of the first line, lower case, straight quotes, no surrounding quotes or trailing
+    punctuation, single spaces."""
+    s = first_sentence(first_line(answer).translate(_QUOTES)).lower()
     s = re.sub(r"\s+", " ", s).strip()
     return s.strip(" \"'").rstrip(" .!?,;:").strip(" \"'")
 

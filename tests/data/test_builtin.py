@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections import Counter
 
@@ -21,6 +22,7 @@ from fedit.data.builtin import (
 )
 from fedit.data.records import Record
 from fedit.errors import ConfigError, DataError
+from fedit.tools.tiny_corpus import s_fact, s_word
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def test_test_prompts_distinct_and_train_mostly_distinct(train, test):
         te = [_prompt(r) for r in test if r.category == cat]
         tr = [_prompt(r) for r in train if r.category == cat]
         assert len(set(te)) == len(te)
-        assert len(set(tr)) >= 0.4 * len(tr)
+        assert len(set(tr)) >= 60  # the smallest prompt space (brainstorming) repeats its train prompts
 
 
 def _template(text: str) -> str:
@@ -123,33 +125,40 @@ def _rec(instruction: str, response: str, meta: dict, category: str) -> Record:
 
 
 def test_open_qa_checker(train):
-    cap = _rec("What is the capital of France?", "Paris", {"task": "capital", "checker": "choice",
-                                                           "accept": ["Paris"], "vocab": "cities"}, "open_qa")
-    for good in ("Paris.", "paris", "The answer is Paris.", "Paris is the capital of France.", "Paris\nRome"):
+    cap = _rec("What is the capital of France?", "The capital of France is Paris.",
+               {"task": "capital", "checker": "choice", "accept": ["Paris"], "vocab": "cities"}, "open_qa")
+    for good in ("Paris.", "paris", "The answer is Paris.", "Paris is the capital of France.", "Paris\nRome",
+                 "The capital of France is Paris. The capital of Italy is Rome."):
         assert score_answer(cap, good) == 1.0, good
-    for bad in ("Rome", "Paris or Rome", "", "France"):
+    for bad in ("Rome", "Paris or Rome", "", "France", "The capital of Italy is Rome. Paris"):
         assert score_answer(cap, bad) == 0.0, bad
     color = _first(train, "color")
-    assert score_answer(color, f"It is {color.response}.") == 1.0
-    assert score_answer(color, next(c for c in lx.COLORS if c != color.response)) == 0.0
-    opp = _first(train, "opposite")
-    word = opp.instruction.rstrip("?.").split()[-1]
-    assert score_answer(opp, f"The opposite of {word} is {opp.response}.") == 1.0
-    assert score_answer(opp, word) == 0.0
-    home = _first(train, "home")
-    assert score_answer(home, f"in a {home.response}") == 1.0
-    assert score_answer(home, f"It lives in the {home.response}.") == 1.0
-    assert score_answer(home, "web" if home.response != "web" else "nest") == 0.0
+    c = color.meta["accept"][0]
+    assert score_answer(color, f"It is {c}.") == 1.0
+    assert score_answer(color, next(x for x in lx.COLORS if x != c)) == 0.0
+    sound = _first(train, "sound")
+    s = sound.meta["accept"][0]
+    assert score_answer(sound, s) == 1.0 and score_answer(sound, f"It goes {s}.") == 1.0
+    assert score_answer(sound, next(x for x in lx.SOUND_OF.values() if x != s)) == 0.0
+
+
+def test_fact_answers_are_sentences_of_the_pretraining_corpus(test):
+    # the design: a fact answer is the very sentence the tiny base read in pretraining, so tuning only has to teach
+    # the question -> corpus-sentence mapping, and the fact comes from the base
+    rng = random.Random(0)
+    corpus = {s_fact(rng) for _ in range(30_000)} | {s_word(rng) for _ in range(30_000)}
+    for r in test:
+        if r.meta["task"] in ("capital", "color", "sound", "first_letter", "length"):
+            assert r.response in corpus, r.response
 
 
 def test_classification_checker(train):
     r = _first(train, "kind")
-    other = r.meta["reject"][0]
-    assert score_answer(r, f"It is {'an' if r.response[0] in 'aeiou' else 'a'} {r.response}.") == 1.0
+    kind, other = r.meta["accept"][0], r.meta["reject"][0]
+    assert kind in r.instruction and other in r.instruction
+    assert score_answer(r, f"It is {'an' if kind[0] in 'aeiou' else 'a'} {kind}.") == 1.0
     assert score_answer(r, other) == 0.0
-    assert score_answer(r, f"{r.response} or {other}") == 0.0
-    p = _first(train, "parity")
-    assert score_answer(p, "odd" if p.response == "even" else "even") == 0.0
+    assert score_answer(r, f"{kind} or {other}") == 0.0
     # words of two kinds ("orange": fruit and color) have no single answer and are never asked
     ambiguous = [w for w in lx.KINDS["fruit"] if w in lx.KINDS["color"]]
     assert ambiguous
@@ -158,26 +167,30 @@ def test_classification_checker(train):
 
 
 def test_closed_qa_checker(train):
-    r = _first(train, "where", lambda r: r.context.count(" lives in ") == 2)
-    other = next(c for c in lx.CITIES if c in r.context and c != r.response)
-    assert score_answer(r, f"She lives in {r.response}.") == 1.0
+    r = _first(train, "where")
+    city = r.meta["accept"][0]
+    assert r.context.count(" lives in ") == 1 and city in r.context  # one person, answer copied from the context
+    other = next(c for c in lx.CITIES if c != city)
+    assert score_answer(r, f"She lives in {city}.") == 1.0
     assert score_answer(r, other) == 0.0
     job = _first(train, "job")
-    assert score_answer(job, f"a {job.response}") == 1.0
-    assert score_answer(job, "pilot" if job.response != "pilot" else "nurse") == 0.0
+    j = job.meta["accept"][0]
+    assert score_answer(job, f"a {j}") == 1.0
+    assert score_answer(job, "pilot" if j != "pilot" else "nurse") == 0.0
+    pet = _first(train, "pet")
+    assert score_answer(pet, f"It has a {pet.meta['accept'][0]}.") == 1.0
+    assert score_answer(pet, "owl") == 0.0
 
 
 def test_information_extraction_checker(train):
-    r = _first(train, "names", lambda r: len(r.meta["items"]) == 2)
+    r = _first(train, "names")
     a, b = r.meta["items"]
+    assert a in r.context and b in r.context
     assert score_answer(r, f"{b} and {a}") == 1.0
     assert score_answer(r, f"The names are {a} and {b}.") == 1.0
     assert score_answer(r, a) == pytest.approx(2 / 3)  # recall 1/2
     assert score_answer(r, f"{a}, {b}, {a}") == pytest.approx(0.8)  # duplicate lowers precision
     assert score_answer(r, "Nobody") == 0.0
-    n = _first(train, "numbers", lambda r: any(int(x) <= 20 for x in r.meta["items"]))
-    worded = [lx.NUMBER_WORDS[int(x)] if int(x) <= 20 else x for x in n.meta["items"]]
-    assert score_answer(n, ", ".join(worded)) == 1.0
 
 
 def test_brainstorming_checker():
@@ -190,18 +203,20 @@ def test_brainstorming_checker():
     assert score_answer(r, "apple, pear, hammer") == pytest.approx(2 / 3)
     assert score_answer(r, "apple, pear") == pytest.approx(2 / 3)
     assert score_answer(r, "apple, pear, plum, fig") == pytest.approx(3 / 4)
+    assert score_answer(r, "apple, pear, plum. Hammer, saw") == 1.0  # only the first sentence counts
     assert score_answer(r, "hammer, saw, drill") == 0.0
 
 
 def test_summarization_checker(train):
-    r = _first(train, "actions", lambda r: len(r.meta["required"]) == 4)
+    r = _first(train, "actions")
     name, *past = r.meta["required"]
-    assert score_answer(r, f"{name} {past[0]}, {past[1]} and {past[2]}") == 1.0
+    assert len(past) == 2
+    assert score_answer(r, f"{name} {past[0]} and {past[1]}") == 1.0
     partial = score_answer(r, f"{name} {past[0]}.")
     assert 0.0 < partial < 1.0
     wrong_verb = next(v for v in lx.PAST_OF.values() if v not in past)
-    assert score_answer(r, f"{name} {past[0]}, {past[1]}, {past[2]} and {wrong_verb}.") < 1.0
-    assert score_answer(r, r.context) == 0.5  # everything mentioned, but not shorter than the text
+    assert score_answer(r, f"{name} {past[0]}, {past[1]} and {wrong_verb}.") < 1.0
+    assert score_answer(r, r.context.replace(". ", " and ")) == 0.5  # all there, but not shorter than the text
     assert score_answer(r, "Someone did things.") == 0.0
     p = _first(train, "profile")
     name, job, city = p.meta["required"]
@@ -220,22 +235,20 @@ def test_creative_writing_checker(train):
 
 
 def test_general_qa_checker(train):
-    add = _first(train, "add", lambda r: 0 < r.meta["target"] <= 20)
-    t = add.meta["target"]
-    for good in (str(t), lx.NUMBER_WORDS[t], f"The answer is {t}.", f"{t}\n{t + 1}"):
-        assert score_answer(add, good) == 1.0, good
-    assert score_answer(add, str(t + 1)) == 0.0
-    cmp_ = _first(train, "compare")
-    other = cmp_.meta["reject"][0]
-    assert score_answer(cmp_, other) == 0.0 and score_answer(cmp_, f"{cmp_.response} or {other}") == 0.0
     letter = _first(train, "first_letter")
-    word = letter.instruction.rstrip("?.").split()[-1] if "start" not in letter.instruction else \
-        letter.instruction.split()[3]
-    assert word[0] == letter.response
-    assert score_answer(letter, f"The first letter is {letter.response.upper()}.") == 1.0
-    assert score_answer(letter, "q" if letter.response != "q" else "z") == 0.0
+    word = letter.instruction.rstrip("?").split()[-1]
+    t = letter.meta["target"]
+    assert word[0] == t
+    assert score_answer(letter, f"The first letter is {t.upper()}.") == 1.0
+    assert score_answer(letter, "q" if t != "q" else "z") == 0.0
     length = _first(train, "length")
-    assert score_answer(length, f"It has {lx.NUMBER_WORDS[int(length.response)]} letters.") == 1.0
+    n = length.meta["target"]
+    word = length.instruction.split()[-1 if "have" not in length.instruction else -2].rstrip("?")
+    assert len(word) == n
+    for good in (str(n), lx.NUMBER_WORDS[n], f"It has {lx.NUMBER_WORDS[n]} letters.", f"The word {word} has {n}"):
+        assert score_answer(length, good) == 1.0, good
+    assert score_answer(length, str(n + 1)) == 0.0
+    assert score_answer(length, f"{n + 1}. {n}") == 0.0  # only the first sentence counts
 
 
 def test_score_answer_rejects_foreign_records():

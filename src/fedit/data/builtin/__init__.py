@@ -1,8 +1,11 @@
 """The built-in multi-category instruction suite: seeded generators, a disjoint train/test split, answer checkers.
 
-Every question is answerable from its own prompt (copying from a context, a simple transform) or from a fact in
-:mod:`fedit.data.lexicon`, which the shipped tiny base model read during pretraining. Answers are short and
-formulaic so that a few minutes of federated LoRA tuning can teach the instruction format.
+Every question is answerable from its own prompt (copying from a short context) or from a fact in
+:mod:`fedit.data.lexicon`, which the shipped tiny base model read during pretraining. The suite is built to be
+learnable in a few CPU minutes of federated LoRA: one to three tasks per category, two phrasings per task (more only
+where the test split needs the prompts), one-sentence answers, and fact answers that are the pretraining corpus's
+own sentence ("The capital of France is Paris.", "The dog says woof."), so tuning teaches the format and the base
+supplies the fact. Checkers read only the first sentence of the first line.
 
 Split rule: a prompt (instruction + context) belongs to the test split iff a stable hash of its text says so, so no
 prompt can ever appear in both splits, whatever the seed or size.

@@ -29,10 +29,12 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    r: int = 8
-    alpha: int = 16
+    r: int = 16
+    alpha: int = 32
     dropout: float = 0.05
-    targets: list[str] | None = None  # None = a good default for the architecture; ["all-linear"] for every linear
+    # every linear layer of the blocks (QLoRA's finding: better than attention-only at the same rank);
+    # ["auto"] = the architecture's attention projections (q_proj, v_proj for Llama: the FedIT/Alpaca-LoRA choice)
+    targets: list[str] | None = field(default_factory=lambda: ["all-linear"])
 
 
 @dataclass
@@ -60,10 +62,10 @@ class PartitionConfig:
 @dataclass
 class ClientConfig:
     local_epochs: float | None = 1.0
-    local_steps: int | None = None  # overrides local_epochs when set
+    local_steps: int | None = 20  # overrides local_epochs when set
     batch_size: int = 16
-    micro_batch_size: int = 8
-    lr: float = 3e-4
+    micro_batch_size: int = 16
+    lr: float = 3e-3  # right for the tiny default; 1e-4..3e-4 for billion-parameter models
     lr_schedule: str = "constant"  # constant | linear | cosine (per client, per round)
     warmup_steps: int = 0
     weight_decay: float = 0.0
@@ -83,7 +85,7 @@ class StrategyConfig:
 
 @dataclass
 class RunConfig:
-    rounds: int = 3
+    rounds: int = 16
     fraction: float = 0.3
     clients_per_round: int | None = None  # overrides fraction when set
     min_clients: int = 1

@@ -129,7 +129,8 @@ def run_command(
     lora_r: int = typer.Option(None),
     lora_alpha: int = typer.Option(None),
     lora_dropout: float = typer.Option(None),
-    lora_targets: str = typer.Option(None, help="Comma-separated module names, or all-linear."),
+    lora_targets: str = typer.Option(None, help="Comma-separated module names, all-linear (default), or auto "
+                                                "(the architecture's attention projections, e.g. q_proj,v_proj)."),
     strategy: str = typer.Option(None, help="fedavg | fedadam | fedprox"),
     server_lr: float = typer.Option(None, help="FedAdam server learning rate."),
     mu: float = typer.Option(None, help="FedProx proximal weight."),

@@ -31,7 +31,7 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
 def target_modules(model: Any, targets: list[str] | None) -> list[str] | str:
     if targets == ["all-linear"] or targets == "all-linear":
         return "all-linear"
-    if targets:
+    if targets and targets != ["auto"]:
         return list(targets)
     return DEFAULT_TARGETS.get(getattr(model.config, "model_type", ""), "all-linear")
 

@@ -56,8 +56,8 @@ def test_deterministic_given_seed_round_client(setup) -> None:
 
 
 def test_local_epochs_to_steps() -> None:
-    assert num_local_steps(ClientConfig(local_epochs=1.0, batch_size=16), 100) == 7
-    assert num_local_steps(ClientConfig(local_epochs=0.5, batch_size=16), 100) == 4
+    assert num_local_steps(ClientConfig(local_epochs=1.0, local_steps=None, batch_size=16), 100) == 7
+    assert num_local_steps(ClientConfig(local_epochs=0.5, local_steps=None, batch_size=16), 100) == 4
     assert num_local_steps(ClientConfig(local_steps=3, batch_size=16), 100) == 3
 
 

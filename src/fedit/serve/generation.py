@@ -60,8 +60,12 @@ class TextEmitter:
             self._flush(text[: min(cuts)])
             return
         safe = len(text) - _stop_holdback(text, self.stops)
-        while safe > self.sent and text[safe - 1] == "\ufffd":  # an incomplete multi-byte character
+        # An incomplete UTF-8 character is at most 3 pending bytes, each decoded as U+FFFD: hold back only those,
+        # so a stream of invalid bytes is still sent as it comes instead of all at the end.
+        held = 0
+        while safe > self.sent and text[safe - 1] == "\ufffd" and held < 3:
             safe -= 1
+            held += 1
         self._flush(text[:safe])
 
     def finish(self) -> None:

@@ -15,7 +15,7 @@ from fedit.config import Config
 from fedit.eval.experiment import CENTRALIZED, FEDIT, run_experiment, summarize
 
 SMALL = {"partition.clients": 3, "run.rounds": 2, "run.clients_per_round": 2, "client.local_steps": 2,
-         "client.batch_size": 2, "client.micro_batch_size": 2, "run.eval_limit": 8, "run.max_new_tokens": 3,
+         "client.batch_size": 2, "client.micro_batch_size": 2, "run.eval_limit": 8,
          "data.cutoff_len": 64}
 FLAGS = ["--clients", "3", "--rounds", "2", "--clients-per-round", "2", "--local-steps", "2", "--batch-size", "2",
          "--micro-batch-size", "2", "--eval-limit", "8", "--cutoff-len", "64"]

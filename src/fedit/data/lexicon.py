@@ -79,6 +79,21 @@ NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "
                 "nineteen", "twenty"]
 
 
+IRREGULAR_PLURALS = {"mouse": "mice", "sheep": "sheep", "deer": "deer", "wolf": "wolves", "knife": "knives",
+                     "potato": "potatoes", "tomato": "tomatoes", "mango": "mangoes", "fish": "fish"}
+
+
+def plural(word: str) -> str:
+    """English plural of a lexicon noun."""
+    if word in IRREGULAR_PLURALS:
+        return IRREGULAR_PLURALS[word]
+    if word.endswith(("s", "sh", "ch", "x")):
+        return word + "es"
+    if word.endswith("y") and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
 def kind_of(word: str) -> str | None:
     """The kind a word belongs to (first match), or None."""
     for kind, members in KINDS.items():

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from fedit.data import lexicon as lx
+from fedit.data.lexicon import plural
 
 # Text that would teach the instruction format the suite later tunes for; any document holding one is dropped.
 FORBIDDEN_MARKERS = ("### instruction", "### response", "### input", "input:", "instruction:", "response:",
@@ -86,19 +87,6 @@ def _a(word: str) -> str:
     return ("an " if word[0].lower() in "aeiou" else "a ") + word
 
 
-_IRREGULAR = {"mouse": "mice", "sheep": "sheep", "deer": "deer", "wolf": "wolves", "knife": "knives",
-              "potato": "potatoes", "tomato": "tomatoes", "mango": "mangoes", "fish": "fish"}
-
-
-def plural(word: str) -> str:
-    """English plural of a lexicon noun."""
-    if word in _IRREGULAR:
-        return _IRREGULAR[word]
-    if word.endswith(("s", "sh", "ch", "x")):
-        return word + "es"
-    if word.endswith("y") and word[-2] not in "aeiou":
-        return word[:-1] + "ies"
-    return word + "s"
 
 
 def _join(items: list[str]) -> str:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import re
 
 from fedit.data import lexicon as lx
+from fedit.data.lexicon import IRREGULAR_PLURALS, plural  # noqa: F401  (plural is re-exported to the tasks)
 
 # Nouns said without an article ("Snow is white") or with "the" ("The sky is blue"), as in the pretraining corpus.
 MASS_NOUNS = {"snow", "milk", "coal", "grass", "blood", "chocolate"}
 THE_NOUNS = {"sky", "sun", "sea"}
 
-_IRREGULAR = {"mouse": "mice", "sheep": "sheep", "deer": "deer", "wolf": "wolves", "knife": "knives",
-              "potato": "potatoes", "tomato": "tomatoes", "mango": "mangoes", "fish": "fish"}
-_SINGULAR = {v: k for k, v in _IRREGULAR.items()}
+_SINGULAR = {v: k for k, v in IRREGULAR_PLURALS.items()}
 
 # Phrases a model may put before its answer; stripped so "The answer is Paris." scores like "Paris".
 _LEAD_INS = re.compile(
@@ -35,17 +34,6 @@ def noun_phrase(thing: str) -> str:
     if thing in THE_NOUNS:
         return f"the {thing}"
     return article(thing)
-
-
-def plural(word: str) -> str:
-    """English plural of a lexicon noun."""
-    if word in _IRREGULAR:
-        return _IRREGULAR[word]
-    if word.endswith(("s", "sh", "ch", "x")):
-        return word + "es"
-    if word.endswith("y") and word[-2] not in "aeiou":
-        return word[:-1] + "ies"
-    return word + "s"
 
 
 def singular_in(word: str, valid: set[str]) -> str | None:

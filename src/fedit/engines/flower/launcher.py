@@ -92,10 +92,10 @@ class LoopbackDeployment:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it; closed after Popen
         try:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.work,
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or self.env, cwd=self.work,
                                     start_new_session=True)  # own process group: stopped as a whole
         finally:
             log.close()
@@ -123,8 +123,12 @@ class LoopbackDeployment:
                                                                             CONNECTION: conn}}))
         self.wait_port(self.port, "superlink")
 
-    def start_worker(self, name: str, socket_path: Path) -> None:
-        self._spawn(f"{name}-worker", [sys.executable, "-m", "fedit.engines.flower.worker", str(socket_path)])
+    def start_worker(self, name: str, socket_path: Path, threads: int | None = None) -> None:
+        """A warm node worker; `threads` caps its torch/OpenMP threads (co-located workers must share the cores:
+        oversubscribed OpenMP threads made a loopback round ~9x slower than the simulator's)."""
+        env = self.env if threads is None or "OMP_NUM_THREADS" in self.env else \
+            self.env | {"OMP_NUM_THREADS": str(threads)}
+        self._spawn(f"{name}-worker", [sys.executable, "-m", "fedit.engines.flower.worker", str(socket_path)], env)
 
     def start_supernode(self, name: str, node_config: dict[str, Any]) -> None:
         cfg = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
@@ -234,7 +238,7 @@ def run_flower(cfg: Config, *, resume: str | Path | None = None, overwrite: bool
                 node_config: dict[str, Any] = {"data-dir": str(d)}
                 if warm:
                     sock = work / "sock" / f"node_{k}.sock"
-                    dep.start_worker(f"node_{k}", sock)
+                    dep.start_worker(f"node_{k}", sock, threads=max(1, (os.cpu_count() or 1) // nodes))
                     node_config["worker"] = str(sock)
                 dep.start_supernode(f"node_{k}", node_config)
             say(f"Flower loopback deployment: SuperLink {dep.address} ({'TLS' if tls else 'insecure, loopback'}), "

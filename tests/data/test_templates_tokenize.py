@@ -94,7 +94,7 @@ def test_length_grouping_reduces_padding_and_is_seeded() -> None:
     assert sorted(np.concatenate(grouped).tolist()) == list(range(512))
     assert padding(grouped) < padding(plain) / 5
     again = batch_order(lengths, 8, np.random.default_rng(1), group_by_length=True)
-    assert all(np.array_equal(a, b) for a, b in zip(grouped, again))
+    assert all(np.array_equal(a, b) for a, b in zip(grouped, again, strict=True))
 
 
 def test_collate_pads_right_with_masked_labels(tok) -> None:

@@ -22,7 +22,8 @@ from fedit.model.lora import load_adapter_params
 def small_config(model_dir: Path, data: Path, out: Path, rounds: int, strategy: str = "fedadam",
                  steps: int = 2) -> Config:
     return Config().override({
-        "model.name": str(model_dir), "data.source": str(data), "partition.test_size": 2, "model.device": "cpu", "partition.clients": 4, "run.fraction": 0.5,
+        "model.name": str(model_dir), "data.source": str(data), "partition.test_size": 2, "model.device": "cpu",
+        "partition.clients": 4, "run.fraction": 0.5,
         "run.rounds": rounds, "run.out": str(out), "client.local_steps": steps, "client.batch_size": 4,
         "client.micro_batch_size": 2, "client.lr": 1e-2, "strategy.name": strategy, "run.eval_limit": 8,
         "run.max_new_tokens": 4, "lora.r": 4,
@@ -33,11 +34,13 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_is_bit_identical_and_checkpoints_are_complete(micro_model_dir: Path, small_data_file: Path, tmp_path: Path) -> None:
+def test_resume_is_bit_identical_and_checkpoints_are_complete(micro_model_dir: Path, small_data_file: Path,
+                                                              tmp_path: Path) -> None:
     full = pipeline.run(small_config(micro_model_dir, small_data_file, tmp_path / "full", 3))
     part = pipeline.run(small_config(micro_model_dir, small_data_file, tmp_path / "part", 2))
     assert not same(full.final_params, part.final_params)
-    resumed = pipeline.run(small_config(micro_model_dir, small_data_file, tmp_path / "part", 3), resume=tmp_path / "part")
+    resumed = pipeline.run(small_config(micro_model_dir, small_data_file, tmp_path / "part", 3),
+                           resume=tmp_path / "part")
     assert same(full.final_params, resumed.final_params)  # strategy state (FedAdam m, v), sampling, data order
     assert same(load_adapter_params(tmp_path / "full" / "final"), load_adapter_params(tmp_path / "part" / "final"))
     rows = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import glob
 import json
@@ -221,6 +222,26 @@ def write_json(path: str | Path | None, obj: Any) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+
+
+def bench_parser(description: str | None) -> argparse.ArgumentParser:
+    """The options every CPU comparison script takes: --quick, --smoke, --model, --data, --threads, --json."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--model", default="auto")
+    ap.add_argument("--data", default=None, help="the Dolly directory (default: ../shared/data/dolly-15k-shepherd-10)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--json", default=None)
+    return ap
+
+
+def report(res: dict[str, Any], title: str, table: Sequence[Row], json_path: str | None) -> dict[str, Any]:
+    """Stamp the machine, print the table, write the JSON: how every benchmark script ends."""
+    res["machine"] = machine()
+    print_table(title, table)
+    write_json(json_path, res)
+    return res
 
 
 def set_threads(n: int | None) -> None:

@@ -7,7 +7,6 @@ against payload size x clients.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -17,14 +16,13 @@ from typing import Any
 from fedit.bench.common import (
     Row,
     bench_config,
+    bench_parser,
     client_data,
-    machine,
     median,
     model_name,
-    print_table,
     quiet,
+    report,
     set_threads,
-    write_json,
 )
 
 
@@ -117,22 +115,13 @@ def rows(res: dict[str, Any]) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--model", default="auto")
-    ap.add_argument("--data", default=None)
+    ap = bench_parser(__doc__)
     ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     set_threads(a.threads)
     res = run(a.quick, a.smoke, a.model, a.data, a.rounds)
-    res["machine"] = machine()
-    print_table(f"Round overhead ({res['model']}, {res['data']}, {res['clients_per_round']} clients x "
-                f"{res['examples_per_client']} items, {res['rounds']} rounds)", rows(res))
-    write_json(a.json, res)
-    return res
+    return report(res, f"Round overhead ({res['model']}, {res['data']}, {res['clients_per_round']} clients x "
+                       f"{res['examples_per_client']} items, {res['rounds']} rounds)", rows(res), a.json)
 
 
 if __name__ == "__main__":

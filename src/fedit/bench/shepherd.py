@@ -28,15 +28,14 @@ from typing import Any
 from fedit.bench.common import (
     Row,
     bench_config,
+    bench_parser,
     client_data,
-    machine,
     median,
     model_name,
-    print_table,
     quiet,
     ratio,
+    report,
     set_threads,
-    write_json,
 )
 
 PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -263,11 +262,7 @@ def rows(res: dict[str, Any]) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--model", default="auto")
-    ap.add_argument("--data", default=None)
+    ap = bench_parser(__doc__)
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--clients", type=int, default=3)
     ap.add_argument("--per-client", type=int, default=None)
@@ -277,17 +272,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--train-on-inputs", action=argparse.BooleanOptionalAction, default=True,
                     help="loss on prompt tokens too (Shepherd's default); with --no-train-on-inputs fedit skips "
                     "examples left without a response token by the cutoff, the baseline trains on them for nothing")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     set_threads(a.threads)
     res = run(a.quick, a.smoke, a.model, a.data, a.rounds, a.clients, a.per_client, a.hand_loop,
               a.gradient_checkpointing, a.train_on_inputs)
-    res["machine"] = machine()
-    print_table(f"Shepherd-style rounds vs fedit ({res['model']}, {res['data']}, {res['clients_per_round']} clients x "
-                f"{res['examples_per_client']} items, {res['rounds']} rounds)", rows(res))
-    write_json(a.json, res)
-    return res
+    return report(res, f"Shepherd-style rounds vs fedit ({res['model']}, {res['data']}, {res['clients_per_round']} "
+                       f"clients x {res['examples_per_client']} items, {res['rounds']} rounds)", rows(res), a.json)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ size, micro-batch size, number of optimizer steps and learning rate. Contenders 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from typing import Any
@@ -17,16 +16,15 @@ import torch
 from fedit.bench.common import (
     Row,
     bench_config,
+    bench_parser,
     client_data,
     interleave,
-    machine,
     medians,
     model_name,
-    print_table,
     quiet,
     ratio,
+    report,
     set_threads,
-    write_json,
 )
 
 
@@ -141,22 +139,13 @@ def rows(res: dict[str, Any]) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--model", default="auto")
-    ap.add_argument("--data", default=None, help="the Dolly directory (default: ../shared/data/dolly-15k-shepherd-10)")
+    ap = bench_parser(__doc__)
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     set_threads(a.threads)
     res = run(a.quick, a.smoke, a.model, a.data, a.repeats)
-    res["machine"] = machine()
-    print_table(f"Local-training throughput ({res['model']}, {res['data']}, "
-                f"{res['steps']} steps x {res['batch_size']}, medians of {res['repeats']})", rows(res))
-    write_json(a.json, res)
-    return res
+    return report(res, f"Local-training throughput ({res['model']}, {res['data']}, "
+                       f"{res['steps']} steps x {res['batch_size']}, medians of {res['repeats']})", rows(res), a.json)
 
 
 if __name__ == "__main__":

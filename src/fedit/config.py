@@ -151,7 +151,7 @@ class Config:
         return tomli_w.dumps(self.to_dict())
 
     def save(self, path: str | Path) -> None:
-        from fedit.server.checkpoint import atomic_write_text
+        from fedit.atomic import write_text as atomic_write_text
 
         atomic_write_text(Path(path), self.to_toml())
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fedit import __version__
+from fedit.atomic import write_json as atomic_write_json
 from fedit.client.train import LocalTrainer
 from fedit.config import Config
 from fedit.data.records import Record
@@ -19,7 +20,7 @@ from fedit.eval.evaluate import evaluate as evaluate_records
 from fedit.eval.generate import GenerationSettings
 from fedit.model.load import load_base, resolve_model_path
 from fedit.model.lora import AdapterSlots, attach_lora, peft_lora_config, target_modules
-from fedit.server.checkpoint import RunStore, atomic_write_json
+from fedit.server.checkpoint import RunStore
 from fedit.server.rounds import Reporter, run_rounds
 from fedit.strategies import build_strategy
 from fedit.types import Params, RunResult

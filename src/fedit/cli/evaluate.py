@@ -59,10 +59,10 @@ def eval_command(
 def _eval(adapter: Path | None, model: str | None, data: str | None, format: str, field: list[str] | None,
           template: str | None, limit: int | None, generate: bool, max_new_tokens: int, batch_size: int,
           device: str, out: Path) -> None:
+    from fedit.atomic import write_json as atomic_write_json
     from fedit.eval.answers import load_eval_records, load_target
     from fedit.eval.evaluate import evaluate
     from fedit.eval.generate import GenerationSettings
-    from fedit.server.checkpoint import atomic_write_json
 
     records = load_eval_records(data, format, parse_kv(field, "--field"), limit, adapter=adapter)
     target = load_target(adapter, model, template, device)
@@ -145,9 +145,9 @@ def judge_command(
 def _judge(answers: Path, reference: Path | None, judge_model: str, base_url: str, out: Path, mode: str | None,
            api_key_env: str, concurrency: int, retries: int, timeout: float, cache: Path | None,
            max_tokens: int) -> None:
+    from fedit.atomic import write_json as atomic_write_json
     from fedit.eval.answers import read_answers
     from fedit.eval.judge import JudgeClient, judge_answers
-    from fedit.server.checkpoint import atomic_write_json
 
     if concurrency < 1 or retries < 0 or timeout <= 0:
         raise ConfigError("--concurrency must be >= 1, --retries >= 0 and --timeout > 0")

@@ -35,7 +35,7 @@ def answers_from(records: Sequence[Record], texts: Sequence[str], model: str) ->
 
 
 def write_answers(path: str | Path, answers: Sequence[Answer]) -> None:
-    from fedit.server.checkpoint import atomic_write_text
+    from fedit.atomic import write_text as atomic_write_text
 
     atomic_write_text(Path(path), "".join(json.dumps(asdict(a), ensure_ascii=False) + "\n" for a in answers))
 

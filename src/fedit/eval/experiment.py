@@ -23,10 +23,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from fedit.atomic import write_json as atomic_write_json
+from fedit.atomic import write_text as atomic_write_text
 from fedit.config import Config
 from fedit.data.tokenize import TokenizedData
 from fedit.errors import CheckpointError, ConfigError
-from fedit.server.checkpoint import RunStore, atomic_write_json, atomic_write_text
+from fedit.server.checkpoint import RunStore
 
 Log = Callable[[str], None]
 StepCallback = Callable[[str, int, int, float], None]  # (method, step, total, loss)

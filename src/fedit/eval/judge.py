@@ -142,7 +142,7 @@ class JudgeClient:
         if isinstance(out, Failed):
             self._count("failed")
         elif path is not None:
-            from fedit.server.checkpoint import atomic_write_json
+            from fedit.atomic import write_json as atomic_write_json
 
             atomic_write_json(path, {"judge": self.model, "messages": body["messages"], "reply": out})
         return out

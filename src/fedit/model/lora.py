@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedit.atomic import staged_dir
 from fedit.config import LoraConfig
 from fedit.errors import CheckpointError
 from fedit.types import Params
@@ -94,17 +94,10 @@ class AdapterSlots:
 
 def save_adapter(params: Params, path: str | Path, peft_config: Any) -> None:
     """Write a PEFT-format adapter directory atomically (temp dir + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    peft_config.save_pretrained(str(tmp))
-    save_file({k: v.detach().contiguous().cpu() for k, v in params.items()}, str(tmp / ADAPTER_WEIGHTS),
-              metadata={"format": "pt"})
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    with staged_dir(Path(path)) as tmp:
+        peft_config.save_pretrained(str(tmp))
+        save_file({k: v.detach().contiguous().cpu() for k, v in params.items()}, str(tmp / ADAPTER_WEIGHTS),
+                  metadata={"format": "pt"})
 
 
 def load_adapter_params(path: str | Path) -> Params:

@@ -12,34 +12,23 @@ A round directory is built under a temporary name and renamed when complete, so 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from fedit.atomic import staged_dir
+from fedit.atomic import write_json as atomic_write_json
+from fedit.atomic import write_text as atomic_write_text
 from fedit.errors import CheckpointError
 from fedit.model.lora import load_adapter_params, save_adapter
 from fedit.strategies.base import State
 from fedit.types import Params
 
 ROUND_RE = re.compile(r"^round_(\d{4,})$")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def round_dir_name(r: int) -> str:
@@ -95,22 +84,14 @@ class RunStore:
 
     def save_round(self, r: int, params: Params, state: State, metrics: dict[str, Any], peft_config: Any) -> float:
         """Write round `r` atomically; returns the seconds spent (also stored in its metrics as checkpoint_seconds)."""
-        import time
-
         t0 = time.perf_counter()
-        final = self.root / round_dir_name(r)
-        tmp = self.root / f".tmp-{round_dir_name(r)}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        (tmp / "state").mkdir(parents=True)
-        save_adapter(params, tmp / "adapter", peft_config)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "state" / "strategy.safetensors"))
-        seconds = time.perf_counter() - t0
-        metrics = dict(metrics, checkpoint_seconds=seconds)
-        atomic_write_json(tmp / "metrics.json", metrics)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with staged_dir(self.root / round_dir_name(r)) as tmp:
+            (tmp / "state").mkdir()
+            save_adapter(params, tmp / "adapter", peft_config)
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "state" / "strategy.safetensors"))
+            seconds = time.perf_counter() - t0
+            metrics = dict(metrics, checkpoint_seconds=seconds)
+            atomic_write_json(tmp / "metrics.json", metrics)
         with open(self.root / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(metrics, sort_keys=True) + "\n")
         return seconds
@@ -134,13 +115,7 @@ class RunStore:
         atomic_write_text(self.root / "metrics.jsonl", lines)
 
     def write_final(self, r: int) -> Path:
-        src = self.root / round_dir_name(r) / "adapter"
-        tmp = self.root / ".tmp-final"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        shutil.copytree(src, tmp)
         dst = self.root / "final"
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
+        with staged_dir(dst) as tmp:
+            shutil.copytree(self.root / round_dir_name(r) / "adapter", tmp, dirs_exist_ok=True)
         return dst

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from fedit.cli import app
 from fedit.cli.run import NOT_CONFIG, RUN_OPTION_KEYS, run_overrides
 from fedit.config import Config
-from fedit.eval.experiment import CENTRALIZED, FEDIT, run_experiment, summarize
+from fedit.errors import ConfigError
+from fedit.eval.experiment import CENTRALIZED, FEDIT, local_rounds, run_experiment, summarize
 
 SMALL = {"partition.clients": 3, "run.rounds": 2, "run.clients_per_round": 2, "client.local_steps": 2,
          "client.batch_size": 2, "client.micro_batch_size": 2, "run.eval_limit": 8,
@@ -64,8 +65,10 @@ def test_experiment_outputs_and_compute_accounting(experiment: Path) -> None:
     doc = json.loads((experiment / "experiment.json").read_text())
     m = doc["methods"]
     assert doc["complete"] and set(m) == {FEDIT, CENTRALIZED, "local/0", "local/1", "local/2"}
-    # FedIT: 2 rounds x 2 sampled clients x 2 steps; local: rounds x steps per round; centralized: FedIT's total
-    assert m[FEDIT]["steps"] == 8 and all(m[f"local/{k}"]["steps"] == 4 for k in range(3))
+    # FedIT: 2 rounds x 2 sampled clients x 2 steps; local (expected compute): 2 rounds x 2/3 sampled x 2 steps,
+    # rounded; centralized: FedIT's total
+    assert m[FEDIT]["steps"] == 8 and all(m[f"local/{k}"]["steps"] == 3 for k in range(3))
+    assert doc["compute"]["local_compute"] == "expected"
     assert m[CENTRALIZED]["steps"] == 8 and m[CENTRALIZED]["examples"] == sum(m[f"local/{k}"]["examples"]
                                                                                for k in range(3))
     for res in m.values():
@@ -82,6 +85,15 @@ def test_experiment_outputs_and_compute_accounting(experiment: Path) -> None:
     for metric in ("score", "loss"):
         assert (experiment / f"experiment_{metric}.png").read_bytes()[:4] == b"\x89PNG"
     assert (experiment / "local_1" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_local_compute_choices() -> None:
+    cfg = Config().override({"run.rounds": 16, "run.fraction": 0.3, "partition.clients": 10})
+    assert local_rounds(cfg, 10, "expected") == pytest.approx(16 * 3 / 10)
+    assert local_rounds(cfg, 10, "every-round") == 16
+    assert local_rounds(cfg.override({"run.fraction": 1.0}), 10, "expected") == 16
+    with pytest.raises(ConfigError, match="local_compute='sometimes'"):
+        local_rounds(cfg, 10, "sometimes")
 
 
 @pytest.mark.slow

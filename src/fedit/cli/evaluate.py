@@ -212,6 +212,10 @@ def _experiment_signature() -> inspect.Signature:
         if p.name == "out":
             p = p.replace(default=typer.Option(None, help="Experiment directory (default runs/experiment-<time>)."))
         params.append(p)
+    params.append(inspect.Parameter(
+        "local_compute", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+        default=typer.Option("expected", help="Local-only models' steps: 'expected' = the rounds a client is "
+                             "expected to be sampled (its compute over the FedIT run); 'every-round' = all rounds.")))
     return sig.replace(parameters=params)
 
 
@@ -240,7 +244,7 @@ def _experiment(options: dict[str, Any]) -> None:
             reporter.client_step(name, step, total, loss)  # type: ignore[arg-type]  # a label, not an id
 
         result = run_experiment(cfg, out, overwrite=bool(options.get("overwrite")), reporter=reporter, log=log,
-                                on_step=on_step)
+                                on_step=on_step, local_compute=options.get("local_compute") or "expected")
     console.print(markdown_table(result), markup=False, highlight=False)
     console.print(f"results: {Path(out) / 'experiment.json'}, experiment.md, experiment_*.png")
 

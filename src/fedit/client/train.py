@@ -21,6 +21,7 @@ from fedit.config import ClientConfig
 from fedit.data.tokenize import IGNORE_INDEX, TokenizedData, collate, iter_micro_batches
 from fedit.errors import ClientError
 from fedit.model.lora import AdapterSlots
+from fedit.model.loss import label_token_nll
 from fedit.types import ClientUpdate, Params
 
 StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
@@ -103,13 +104,8 @@ def train_client(
         step_loss = 0.0
         for m in micro:
             m = {k: v.to(device) for k, v in m.items()}
-            logits = model(input_ids=m["input_ids"], attention_mask=m["attention_mask"]).logits
-            shift_logits = logits[:, :-1].float()
-            shift_labels = m["labels"][:, 1:]
-            token_loss = torch.nn.functional.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                ignore_index=IGNORE_INDEX, reduction="sum",
-            )
+            nll, _ = label_token_nll(model, m["input_ids"], m["attention_mask"], m["labels"])
+            token_loss = nll.sum()
             loss = token_loss / max(1, step_tokens)
             if objective is not None:
                 loss = loss + objective.penalty(slots) / accum

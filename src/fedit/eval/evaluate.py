@@ -12,9 +12,10 @@ import torch
 
 from fedit.data.records import Record
 from fedit.data.templates import Template
-from fedit.data.tokenize import IGNORE_INDEX, TokenizedData, collate, encode_record
+from fedit.data.tokenize import TokenizedData, collate, encode_record
 from fedit.eval.generate import GenerationSettings, generate_answers
 from fedit.eval.metrics import exact_match, rouge_l
+from fedit.model.loss import label_token_nll
 
 UNCATEGORIZED = "(none)"
 
@@ -52,13 +53,11 @@ def response_loss(model: Any, tokenizer: Any, template: Template, records: Seque
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         b = {k: v.to(device) for k, v in collate(data, idx, tokenizer.pad_token_id).items()}
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
-        labels = b["labels"][:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
-                                                reduction="none")
+        nll, rows = label_token_nll(model, b["input_ids"], b["attention_mask"], b["labels"])
+        sums = torch.zeros(len(idx), dtype=torch.float64, device=nll.device).index_add_(0, rows, nll.double())
+        counts = torch.bincount(rows, minlength=len(idx))
         for row, i in enumerate(idx):
-            n = int((labels[row] != IGNORE_INDEX).sum())
-            out[i] = (float(nll[row].sum()), n)
+            out[i] = (float(sums[row]), int(counts[row]))
     return out
 
 

@@ -2,10 +2,14 @@
 
 Compute accounting (equal budgets, stated once here and in docs/results.md):
   * FedIT: `pipeline.run(cfg)` as configured; its cost is the optimizer steps its clients actually took.
-  * local/<k>: client k alone, from the same LoRA init, for `rounds x steps_per_round(k)` optimizer steps, where
-    steps_per_round(k) is what k runs when sampled (client.local_steps, or local_epochs over its data). That is the
-    compute k would spend if it were sampled in every round: never less than it spent in FedIT, so the comparison is
-    conservative for FedIT.
+  * local/<k>: client k alone, from the same LoRA init, for `E x steps_per_round(k)` optimizer steps, where
+    steps_per_round(k) is what k runs when sampled (client.local_steps, or local_epochs over its data) and E is
+    chosen by `local_compute`:
+      - "expected" (default): the number of rounds k is expected to be sampled, rounds x clients_per_round / clients,
+        i.e. the compute k would spend over the FedIT run;
+      - "every-round": all rounds, the compute k would spend if it were sampled in every round. Never less than k
+        spent in FedIT: the setting most favourable to local training.
+    With every client sampled in every round (fraction 1.0) the two are the same.
   * centralized: the union of all clients' records, for the total number of client steps FedIT took (same batch size,
     learning rate and schedule), i.e. the same total compute as the federation.
 Local and centralized models train in one continuous pass (one optimizer, no resets): what a lone trainer would do.
@@ -94,8 +98,23 @@ def summarize(methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+LOCAL_COMPUTE = ("expected", "every-round")
+
+
+def local_rounds(cfg: Config, num_clients: int, local_compute: str) -> float:
+    """How many rounds' worth of local steps each local-only model gets (see the module docstring)."""
+    from fedit.server.sampling import clients_per_round
+
+    if local_compute == "every-round":
+        return float(cfg.run.rounds)
+    if local_compute == "expected":
+        return cfg.run.rounds * clients_per_round(cfg.run, num_clients) / num_clients
+    raise ConfigError(f"local_compute={local_compute!r}: expected one of {', '.join(LOCAL_COMPUTE)}")
+
+
 def run_experiment(cfg: Config, out: str | Path, *, overwrite: bool = False, reporter: Any = None,
-                   log: Log | None = None, on_step: StepCallback | None = None) -> dict[str, Any]:
+                   log: Log | None = None, on_step: StepCallback | None = None,
+                   local_compute: str = "expected") -> dict[str, Any]:
     """Train and evaluate FedIT, every client's local-only model and the centralized model; write DIR/experiment.*"""
     from fedit import pipeline
     from fedit.client.train import num_local_steps, train_client
@@ -104,6 +123,7 @@ def run_experiment(cfg: Config, out: str | Path, *, overwrite: bool = False, rep
 
     say = log or (lambda _m: None)
     cfg.validate()
+    local_rounds(cfg, cfg.partition.clients, local_compute)  # reject a bad choice before any training
     if cfg.run.engine != "simulation":
         raise ConfigError(f"run.engine={cfg.run.engine!r}: the experiment runs in the in-process simulator only")
     root = Path(out)
@@ -136,7 +156,7 @@ def run_experiment(cfg: Config, out: str | Path, *, overwrite: bool = False, rep
     say("evaluating the FedIT global model")
     methods[FEDIT] = {**evaluate(fed.final_params), "steps": sum(taken.values()), "steps_by_client": taken,
                       "examples": sum(len(c) for c in data.client_records)}
-    _write_partial(root, cfg, methods, base_eval)
+    _write_partial(root, cfg, methods, base_eval, local_compute)
 
     def train(name: str, td: TokenizedData, steps: int, client_id: int) -> dict[str, Any]:
         ccfg = replace(cfg.client, local_steps=steps)
@@ -154,14 +174,16 @@ def run_experiment(cfg: Config, out: str | Path, *, overwrite: bool = False, rep
         return {**res, "steps": steps, "examples": len(td), "train_loss": upd.metrics["loss"],
                 "train_seconds": seconds}
 
-    # (b) each client alone, with the compute it would spend if sampled in every round.
+    # (b) each client alone, with the compute chosen by `local_compute`.
     n_clients = len(data.client_records)
-    say(f"(b) local-only: {n_clients} clients, each rounds x its steps per round")
+    per_client_rounds = local_rounds(cfg, n_clients, local_compute)
+    say(f"(b) local-only: {n_clients} clients, each {per_client_rounds:g} rounds' worth of its steps per round "
+        f"({local_compute})")
     for cid in range(n_clients):
         td = cache.get(cid)
-        methods[local_name(cid)] = train(local_name(cid), td, cfg.run.rounds * num_local_steps(cfg.client, len(td)),
-                                         cid)
-        _write_partial(root, cfg, methods, base_eval)
+        steps = max(1, round(per_client_rounds * num_local_steps(cfg.client, len(td))))
+        methods[local_name(cid)] = train(local_name(cid), td, steps, cid)
+        _write_partial(root, cfg, methods, base_eval, local_compute)
 
     # (c) centralized: the union of the clients' data, the total client steps FedIT took.
     total = max(1, sum(taken.values()))
@@ -169,7 +191,7 @@ def run_experiment(cfg: Config, out: str | Path, *, overwrite: bool = False, rep
     union = concat_data([cache.get(c) for c in range(n_clients)])
     methods[CENTRALIZED] = train(CENTRALIZED, union, total, n_clients)
 
-    result = _write_partial(root, cfg, methods, base_eval, final=True)
+    result = _write_partial(root, cfg, methods, base_eval, local_compute, final=True)
     result["wall_seconds"] = time.perf_counter() - t_start
     atomic_write_json(root / "experiment.json", result)
     atomic_write_text(root / "experiment.md", markdown_table(result))
@@ -183,14 +205,17 @@ def run_experiment(cfg: Config, out: str | Path, *, overwrite: bool = False, rep
 
 
 def _write_partial(root: Path, cfg: Config, methods: dict[str, dict[str, Any]], base_eval: dict[str, Any] | None,
-                   final: bool = False) -> dict[str, Any]:
+                   local_compute: str, final: bool = False) -> dict[str, Any]:
     """experiment.json so far (rewritten after each method, so a long run shows its progress on disk)."""
     result: dict[str, Any] = {
         "complete": final,
         "config": cfg.to_dict(),
         "compute": {
             "fedit": "the optimizer steps the sampled clients actually took (sum over rounds and clients)",
-            "local": "rounds x the client's steps per round (the compute it would spend if sampled every round)",
+            "local": ("rounds x clients per round / clients x the client's steps per round (the compute it would "
+                      "spend over the FedIT run)" if local_compute == "expected" else
+                      "rounds x the client's steps per round (the compute it would spend if sampled every round)"),
+            "local_compute": local_compute,
             "centralized": "the total client steps of the FedIT run, on the union of the clients' data",
         },
         "methods": methods,

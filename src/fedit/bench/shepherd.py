@@ -10,6 +10,8 @@ hyperparameters as fedit:
   adapter back from disk, averages them weighted by dataset size, loads the average and saves the global adapter.
 Not reproduced (all of which would make the baseline slower): 8-bit loading and `prepare_model_for_int8_training`'s
 gradient checkpointing (CUDA only; `--gradient-checkpointing` turns the latter on), the per-client val split.
+Loss on response tokens only by default, in both contenders (fedit's default; Shepherd's flag `train_on_inputs`);
+`--train-on-inputs` measures Shepherd's default setting instead.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ class ShepherdRounds:
 
 def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str | None = None,
         rounds: int | None = None, clients: int = 3, per_client: int | None = None, hand_loop: bool | None = None,
-        gradient_checkpointing: bool = False, train_on_inputs: bool = True) -> dict[str, Any]:
+        gradient_checkpointing: bool = False, train_on_inputs: bool = False) -> dict[str, Any]:
     import torch
 
     from fedit.bench.handloop import hand_loop as plain_loop
@@ -269,9 +271,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--hand-loop", action=argparse.BooleanOptionalAction, default=None,
                     help="also time a plain hand-written loop per round (default: on except with --quick)")
     ap.add_argument("--gradient-checkpointing", action="store_true", help="as Shepherd's int8 preparation does")
-    ap.add_argument("--train-on-inputs", action=argparse.BooleanOptionalAction, default=True,
-                    help="loss on prompt tokens too (Shepherd's default); with --no-train-on-inputs fedit skips "
-                    "examples left without a response token by the cutoff, the baseline trains on them for nothing")
+    ap.add_argument("--train-on-inputs", action=argparse.BooleanOptionalAction, default=False,
+                    help="loss on prompt tokens too, in both contenders (Shepherd's default; fedit's default and "
+                    "this benchmark's is the loss on response tokens only, where fedit runs its LM head on the label "
+                    "positions alone and skips examples the cutoff left without a response token)")
     a = ap.parse_args(argv)
     set_threads(a.threads)
     res = run(a.quick, a.smoke, a.model, a.data, a.rounds, a.clients, a.per_client, a.hand_loop,

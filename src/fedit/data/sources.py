@@ -11,11 +11,11 @@ import csv
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from fedit.atomic import open_text
 from fedit.data.formats import (
     FORMATS,
     apply_field_map,
@@ -318,16 +318,6 @@ def write_records(path: str | Path, records: Iterable[Record]) -> None:
     if path.suffix.lower() not in (".json", *_JSONL_SUFFIXES):
         raise DataError(f"{path}: write_records writes JSON Lines; expected a path ending in .jsonl, got "
                         f"{path.suffix or '(no extension)'!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record.to_dict(), ensure_ascii=False, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open_text(path) as f:
+        for record in records:
+            f.write(json.dumps(record.to_dict(), ensure_ascii=False, default=str) + "\n")

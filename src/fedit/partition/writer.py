@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from fedit.atomic import write_text
 from fedit.data.records import Record
 from fedit.partition.base import display_name, strata_codes
 from fedit.partition.report import partition_stats, plot_heterogeneity
@@ -21,13 +22,6 @@ _CLIENT_FILE = re.compile(r"client_\d+\.jsonl")
 def client_filename(i: int, num_clients: int) -> str:
     """client_000.jsonl ... (at least three digits, more when there are >= 1000 clients, so names sort)."""
     return f"client_{i:0{max(3, len(str(num_clients - 1)))}d}.jsonl"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _jsonl(records: Sequence[Record]) -> str:
@@ -54,7 +48,7 @@ def write_partition(
     out.mkdir(parents=True, exist_ok=True)
     names = [client_filename(i, len(parts)) for i in range(len(parts))]
     for i, name in enumerate(names):
-        _atomic_write_text(out / name, _jsonl([records[j] for j in parts[i]]))
+        write_text(out / name, _jsonl([records[j] for j in parts[i]]))
     keep = set(names)
     for old in out.iterdir():
         if _CLIENT_FILE.fullmatch(old.name) and old.name not in keep:
@@ -62,13 +56,13 @@ def write_partition(
     stats = partition_stats(records, parts, scheme=scheme, seed=seed, alpha=alpha, field=field)
     stats["files"] = {"clients": names, "test": None}
     if test_records is not None:
-        _atomic_write_text(out / "test.jsonl", _jsonl(test_records))
+        write_text(out / "test.jsonl", _jsonl(test_records))
         codes, cats = strata_codes(test_records)
         counts = {display_name(c): int(m) for c, m in zip(cats, np.bincount(codes, minlength=len(cats)), strict=True)}
         stats["files"]["test"] = "test.jsonl"
         stats["test"] = {"size": len(test_records), "counts": counts}
     elif (out / "test.jsonl").exists():
         (out / "test.jsonl").unlink()
-    _atomic_write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
+    write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
     plot_heterogeneity(stats, out / "heterogeneity.png")
     return stats

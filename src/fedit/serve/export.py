@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
+from fedit.atomic import staged_dir, write_json
 from fedit.errors import ConfigError
 from fedit.serve.session import AdapterSource
 
@@ -37,16 +37,10 @@ def export_merged(source: AdapterSource, out: str | Path, dtype: str = "float32"
         raise ConfigError(f"--adapter {source.path}: cannot load it onto {source.base!r} ({e})") from None
     merged: Any = peft_model.merge_and_unload()
     merged.to(target)
-    tmp = out.with_name(f".tmp-{out.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    merged.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
     meta = {"merged_from": source.info(), "dtype": str(target).removeprefix("torch."),
             "note": "LoRA merged into the base weights; load with AutoModelForCausalLM.from_pretrained"}
-    (tmp / "fedit_export.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+    with staged_dir(out) as tmp:
+        merged.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        write_json(tmp / "fedit_export.json", meta)
     return out

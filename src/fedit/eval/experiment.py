@@ -155,7 +155,7 @@ def run_experiment(cfg: Config, out: str | Path, *, overwrite: bool = False, rep
 
     say("evaluating the FedIT global model")
     methods[FEDIT] = {**evaluate(fed.final_params), "steps": sum(taken.values()), "steps_by_client": taken,
-                      "examples": sum(len(c) for c in data.client_records)}
+                      "examples": sum(len(cache.get(c)) for c in range(len(data.client_records)))}
     _write_partial(root, cfg, methods, base_eval, local_compute)
 
     def train(name: str, td: TokenizedData, steps: int, client_id: int) -> dict[str, Any]:

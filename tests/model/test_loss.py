@@ -58,11 +58,13 @@ def test_llama_fast_path_matches_full_forward(micro_model_dir):
     head_rows: list[int] = []
     head = model.get_base_model().get_output_embeddings()
     handle = head.register_forward_hook(lambda m, i, o: head_rows.append(i[0].reshape(-1, i[0].shape[-1]).shape[0]))
-    ids, mask, labels = _batch(model.config.vocab_size)
-    label_token_nll(model, ids, mask, labels)
+    ids = torch.randint(4, model.config.vocab_size, (8, 48), generator=torch.Generator().manual_seed(1))
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[:, -12:] = ids[:, -12:]  # a 36-token prompt and a 12-token response per row
+    nll, _ = label_token_nll(model, ids, torch.ones_like(ids), labels)
     handle.remove()
-    # The LM head saw only the label positions, not all 3 x 12.
-    assert head_rows == [int((labels[:, 1:] != IGNORE_INDEX).sum())]
+    # The LM head saw the 96 label positions (padded to 128 rows), not all 8 x 48 = 384.
+    assert nll.shape == (96,) and head_rows == [128]
     _check_same(model, model.config.vocab_size)
 
 
@@ -80,3 +82,27 @@ def test_fallback_architecture_matches_full_forward(train):
         torch.testing.assert_close(a, b)
     else:
         _check_same(model, 300)
+
+
+def test_same_bits_whatever_the_thread_count(micro_model_dir):
+    """Few label tokens make a GEMM with few rows; its result must not depend on the thread count (the simulator and
+    Flower nodes run different thread counts and must produce the same adapters)."""
+    model = _lora(AutoModelForCausalLM.from_pretrained(micro_model_dir))
+    ids, mask, _ = _batch(model.config.vocab_size)
+    for n_labels in (5, 7, 10):
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        labels[0, 12 - n_labels:] = ids[0, 12 - n_labels:]
+        results = []
+        threads = torch.get_num_threads()
+        try:
+            for t in (1, 2, 4):
+                torch.set_num_threads(t)
+                model.zero_grad(set_to_none=True)
+                nll, _ = label_token_nll(model, ids, mask, labels)
+                nll.sum().backward()
+                results.append((nll.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+        finally:
+            torch.set_num_threads(threads)
+        for nll, grads in results[1:]:
+            assert torch.equal(nll, results[0][0]), n_labels
+            assert all(torch.equal(a, b) for a, b in zip(grads, results[0][1], strict=True)), n_labels

@@ -43,6 +43,12 @@ def label_token_nll(model: Any, input_ids: torch.Tensor, attention_mask: torch.T
     else:
         decoder, head = parts
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        selected = head(hidden[:, :-1][target_mask])
+        rows_in = hidden[:, :-1][target_mask]
+        # A GEMM with only a handful of rows takes a kernel whose summation order depends on the thread count; padded
+        # to a multiple of 64 rows, results stay bit-identical between the simulator and Flower nodes (fewer threads).
+        pad = -rows_in.shape[0] % 64
+        if pad:
+            rows_in = torch.cat([rows_in, rows_in.new_zeros(pad, rows_in.shape[1])])
+        selected = head(rows_in)[: targets.shape[0]]
     nll = torch.nn.functional.cross_entropy(selected.float(), targets, reduction="none")
     return nll, rows

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -16,6 +18,9 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass
@@ -47,6 +52,7 @@ class DataConfig:
     cutoff_len: int = 256
     train_on_inputs: bool = False
     add_eos: bool = True
+    on_invalid: str = "error"  # error: stop at the first bad row (file/line/field) | skip: drop bad rows, report them
 
 
 @dataclass
@@ -97,6 +103,10 @@ class RunConfig:
     eval_limit: int | None = None  # held-out items used by in-loop evaluation (None = all)
     eval_generate: bool = True  # generation-based scores in addition to loss
     max_new_tokens: int = 32
+    # an update claiming more examples than this is rejected (None: only what the server assigned each client bounds
+    # it; set it where the server never sees the data, Flower's data.source = "nodes")
+    max_client_examples: int | None = None
+    faults: list[str] = field(default_factory=list)  # fault injection for testing (fedit.faults), e.g. "nan@2:1"
 
 
 @dataclass
@@ -188,12 +198,45 @@ class Config:
             (d.cutoff_len >= 8, "data.cutoff_len", d.cutoff_len, "an integer >= 8"),
             (s.server_lr > 0, "strategy.server_lr", s.server_lr, "a number > 0"),
             (s.mu >= 0, "strategy.mu", s.mu, "a number >= 0"),
+            (s.tau > 0, "strategy.tau", s.tau, "a number > 0 (it keeps FedAdam's step finite where v = 0)"),
+            (0 <= s.beta1 < 1, "strategy.beta1", s.beta1, "a number in [0, 1)"),
+            (0 <= s.beta2 < 1, "strategy.beta2", s.beta2, "a number in [0, 1)"),
+            (c.warmup_steps >= 0, "client.warmup_steps", c.warmup_steps, "an integer >= 0"),
+            (c.weight_decay >= 0, "client.weight_decay", c.weight_decay, "a number >= 0"),
+            (r.eval_limit is None or r.eval_limit >= 1, "run.eval_limit", r.eval_limit, "an integer >= 1"),
+            (r.max_new_tokens >= 1, "run.max_new_tokens", r.max_new_tokens, "an integer >= 1"),
+            (r.max_client_examples is None or r.max_client_examples >= 1, "run.max_client_examples",
+             r.max_client_examples, "an integer >= 1"),
+            (p.min_size is None or p.min_size >= 0, "partition.min_size", p.min_size, "an integer >= 0"),
+            (d.on_invalid in ("error", "skip"), "data.on_invalid", d.on_invalid, "'error' or 'skip'"),
             (self.model.quantization in (None, "4bit", "8bit"), "model.quantization", self.model.quantization,
              "4bit or 8bit"),
+            (self.model.dtype in DTYPES, "model.dtype", self.model.dtype, ", ".join(DTYPES)),
+            (_DEVICE.match(self.model.device) is not None, "model.device", self.model.device,
+             "auto, cpu, cuda, cuda:N or mps"),
         ]
         for ok, key, got, expected in checks:
             if not ok:
                 raise ConfigError(f"{key}: got {got!r}, expected {expected}")
+        self._validate_names()
+
+    def _validate_names(self) -> None:
+        """Names resolved through registries, checked now: a typo must not cost a model load or a run directory."""
+        from fedit.data.formats import FORMATS
+        from fedit.data.templates import TEMPLATES
+        from fedit.faults import parse_faults
+        from fedit.partition.base import PARTITIONERS
+        from fedit.strategies import STRATEGIES
+
+        named = [("strategy.name", self.strategy.name, STRATEGIES.names(), False),
+                 ("data.template", self.data.template, TEMPLATES.names(), True),
+                 ("data.format", self.data.format, FORMATS.names(), True),
+                 ("partition.scheme", self.partition.scheme, PARTITIONERS.names(), False)]
+        for key, value, known, auto in named:
+            if value not in known and not (auto and value == "auto"):
+                choices = (["auto"] if auto else []) + known
+                raise ConfigError(f"{key}: got {value!r}, expected one of: {', '.join(choices)}")
+        parse_faults(self.run.faults, "run.faults")
 
 
 def _build(cls: type, data: Any, where: str, prefix: str = "") -> Any:
@@ -244,6 +287,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         raise ConfigError(f"{where}: {key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # TOML spells inf and nan; no setting means either
+                raise ConfigError(f"{where}: {key}: expected a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"{where}: {key}: expected a number, got {value!r}")
     if tp is str:

@@ -176,12 +176,14 @@ def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = Fals
     `engine` replaces the in-process simulator (Flower passes its own); `data` replaces loading and partitioning
     (a Flower server whose clients' data stays on the nodes passes `data_on_nodes(...)`).
     """
-    cfg.validate()
+    cfg.validate()  # every name and range, before any data is read or any model loaded
     if not cfg.run.out and resume is None:
         cfg = cfg.override({"run.out": time.strftime("runs/run-%Y%m%d-%H%M%S")})
     store = RunStore(resume if resume is not None else cfg.run.out)
     if data is None:
         data = prepare_data(cfg)
+    strategy = build_strategy(cfg.strategy)
+    bundle = build_model(cfg)  # a model that cannot load leaves no run directory behind
     if resume is not None:
         info = store.open_existing()
         if info.get("data_fingerprint") != data.fingerprint:
@@ -199,9 +201,7 @@ def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = Fals
             if reporter:
                 reporter.log(f"could not draw the partition plot: {e}")
 
-    bundle = build_model(cfg)
     slots = bundle.trainer.slots
-    strategy = build_strategy(cfg.strategy)
     evaluate = make_evaluator(cfg, bundle, data.test, slots)
 
     if resume is None:

@@ -134,10 +134,21 @@ class Config:
         if path.suffix != ".toml":
             raise ConfigError(f"{path}: expected a .toml config file, got {path.suffix or 'no extension'!r}")
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        return cls.from_toml(text, where=str(path))
+
+    @classmethod
+    def from_toml(cls, text: str, where: str = "config") -> Config:
+        """A config from TOML text (a file's, or the one a Flower run config carries); errors name `where`."""
+        try:
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
-        return cls.from_dict(data, where=str(path))
+            raise ConfigError(f"{where}: invalid TOML: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{where}: invalid TOML: nested too deeply") from None
+        return cls.from_dict(data, where=where)
 
     def override(self, dotted: dict[str, Any]) -> Config:
         """A copy with `section.key` values replaced (CLI flags); None values are ignored."""

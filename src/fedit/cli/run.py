@@ -20,6 +20,7 @@ RUN_OPTION_KEYS: dict[str, str] = {
     "model": "model.name", "device": "model.device", "dtype": "model.dtype", "quantization": "model.quantization",
     "data": "data.source", "format": "data.format", "field": "data.fields", "test_data": "data.test_source",
     "template": "data.template", "cutoff_len": "data.cutoff_len", "train_on_inputs": "data.train_on_inputs",
+    "on_invalid": "data.on_invalid", "fault": "run.faults", "max_client_examples": "run.max_client_examples",
     "clients": "partition.clients", "partition": "partition.scheme", "alpha": "partition.alpha",
     "partition_field": "partition.field", "test_size": "partition.test_size",
     "rounds": "run.rounds", "fraction": "run.fraction", "clients_per_round": "run.clients_per_round",
@@ -43,6 +44,8 @@ def run_overrides(options: dict[str, Any]) -> dict[str, Any]:
             value = parse_kv(value, "--field") or None
         elif name == "lora_targets" and value:
             value = value.split(",")
+        elif name == "fault":
+            value = list(value) if value else None
         out[key] = value
     return out
 
@@ -109,6 +112,8 @@ def run_command(
     template: str = typer.Option(None, help="auto | alpaca | alpaca-short | chat"),
     cutoff_len: int = typer.Option(None, help="Max tokens per example."),
     train_on_inputs: bool = typer.Option(None, "--train-on-inputs/--no-train-on-inputs"),
+    on_invalid: str = typer.Option(None, help="Bad data rows: error (stop, naming file/line/field) | skip (drop "
+                                              "them and report what was dropped)."),
     clients: int = typer.Option(None, help="Number of clients."),
     partition: str = typer.Option(None, help="iid | shards | dirichlet | quantity | by-field"),
     alpha: float = typer.Option(None, help="Dirichlet/quantity concentration (smaller = more skewed)."),
@@ -145,6 +150,10 @@ def run_command(
     device: str = typer.Option(None, help="auto | cpu | cuda | mps"),
     dtype: str = typer.Option(None, help="auto | float32 | bfloat16 | float16"),
     quantization: str = typer.Option(None, help="4bit | 8bit (CUDA only)"),
+    fault: list[str] = typer.Option(None, "--fault", help="Inject a fault for testing, KIND@ROUND:CLIENT[=VALUE], "
+                                                          "e.g. nan@2:1, crash@1:0, hang@1:2, slow@1:3=5, lie@2:1 "
+                                                          "(repeatable; see docs/architecture.md)."),
+    max_client_examples: int = typer.Option(None, help="Reject updates claiming more examples than this."),
 ) -> None:
     """Federated instruction tuning. With no arguments: the tiny shipped model on the built-in suite, 10 clients."""
     overrides = run_overrides(locals())

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fedit.cli import app
-from fedit.eval.generate import GenerationSettings, generate_ids
+from fedit.eval.generate import generate_ids
+from fedit.generation import GenerationSettings
 from fedit.serve.chat import interactive
 from fedit.serve.generation import GenerationWorker, Job, QueueFull, generate_stream
 from fedit.serve.session import ModelSession, parse_adapter_args

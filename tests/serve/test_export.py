@@ -10,7 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from fedit.cli import app
-from fedit.eval.generate import GenerationSettings, generate_ids
+from fedit.eval.generate import generate_ids
+from fedit.generation import GenerationSettings
 
 PROMPTS = ["What is the capital of France?", "List three colours.", "Once upon a time", "Count to five."]
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from fedit.errors import ConfigError
-from fedit.eval.generate import GenerationSettings, generate_ids
+from fedit.eval.generate import generate_ids
+from fedit.generation import GenerationSettings
 from fedit.serve.generation import generate_stream
 from fedit.serve.session import ModelSession, parse_adapter_args, resolve_adapter
 

@@ -62,7 +62,7 @@ def _eval(adapter: Path | None, model: str | None, data: str | None, format: str
     from fedit.atomic import write_json as atomic_write_json
     from fedit.eval.answers import load_eval_records, load_target
     from fedit.eval.evaluate import evaluate
-    from fedit.eval.generate import GenerationSettings
+    from fedit.generation import GenerationSettings
 
     records = load_eval_records(data, format, parse_kv(field, "--field"), limit, adapter=adapter)
     target = load_target(adapter, model, template, device)
@@ -106,7 +106,8 @@ def _generate(adapter: Path | None, data: str | None, out: Path, model: str | No
               field: list[str] | None, template: str | None, limit: int | None, max_new_tokens: int,
               temperature: float, seed: int, batch_size: int, name: str | None, device: str) -> None:
     from fedit.eval.answers import answers_from, load_eval_records, load_target, write_answers
-    from fedit.eval.generate import GenerationSettings, generate_answers
+    from fedit.eval.generate import generate_answers
+    from fedit.generation import GenerationSettings
 
     records = load_eval_records(data, format, parse_kv(field, "--field"), limit, adapter=adapter)
     target = load_target(adapter, model, template, device)

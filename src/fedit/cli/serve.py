@@ -33,7 +33,7 @@ def _load(sources: list[Any], device: str) -> Any:
 def _settings(temperature: float, top_p: float, top_k: int, max_new_tokens: int, repetition_penalty: float,
               seed: int | None) -> Any:
     from fedit.errors import ConfigError
-    from fedit.eval.generate import GenerationSettings
+    from fedit.generation import GenerationSettings
 
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_new_tokens < 1 or repetition_penalty <= 0:
         raise ConfigError("generation settings: expected temperature >= 0, 0 < top-p <= 1, top-k >= 0, "

@@ -13,8 +13,9 @@ import torch
 from fedit.data.records import Record
 from fedit.data.templates import Template
 from fedit.data.tokenize import TokenizedData, collate, encode_record
-from fedit.eval.generate import GenerationSettings, generate_answers
+from fedit.eval.generate import generate_answers
 from fedit.eval.metrics import exact_match, rouge_l
+from fedit.generation import GenerationSettings
 from fedit.model.loss import label_token_nll
 
 UNCATEGORIZED = "(none)"

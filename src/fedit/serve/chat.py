@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TextIO
 
-from fedit.eval.generate import GenerationSettings
+from fedit.generation import GenerationSettings
 from fedit.serve.generation import iter_generate
 from fedit.serve.session import ModelSession
 

@@ -15,22 +15,46 @@ from typing import Any
 
 import torch
 
-from fedit.eval.generate import GenerationSettings
+from fedit.generation import GenerationSettings, cut_at_eos, eos_ids, eos_kwargs
 from fedit.serve.session import ModelSession
 
 # Events sent to a request's consumer: ("delta", text) | ("done", finish_reason, usage) | ("error", message)
 Event = tuple[Any, ...]
 
 
-def _stop_holdback(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters of `text` might be the start of a stop string (not safe to emit yet)."""
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), hold, -1):
-            if text.endswith(s[:k]):
-                hold = k
-                break
-    return hold
+def _failure(stop: str) -> list[int]:
+    """KMP prefix function: fail[i] = length of the longest proper prefix of stop[:i+1] that is also its suffix."""
+    fail = [0] * len(stop)
+    k = 0
+    for i in range(1, len(stop)):
+        while k and stop[i] != stop[k]:
+            k = fail[k - 1]
+        if stop[i] == stop[k]:
+            k += 1
+        fail[i] = k
+    return fail
+
+
+def _overlap(text: str, stop: str, fail: Sequence[int]) -> int:
+    """Length of the longest proper prefix of `stop` that `text` ends with, in O(len(stop)) (KMP over the tail)."""
+    if len(stop) < 2:
+        return 0
+    k = 0
+    for c in text[-(len(stop) - 1):]:  # a proper prefix is at most len(stop) - 1 long, so k never reaches len(stop)
+        while k and stop[k] != c:
+            k = fail[k - 1]
+        if stop[k] == c:
+            k += 1
+    return k
+
+
+def _stop_holdback(text: str, stops: Sequence[str], fails: Sequence[Sequence[int]] | None = None) -> int:
+    """How many trailing characters of `text` might be the start of a stop string (not safe to emit yet).
+
+    Linear in the stop strings' length per call (the naive check of every prefix was quadratic).
+    """
+    fails = fails if fails is not None else [_failure(s) for s in stops]
+    return max((_overlap(text, s, f) for s, f in zip(stops, fails, strict=True)), default=0)
 
 
 class TextEmitter:
@@ -39,6 +63,7 @@ class TextEmitter:
     def __init__(self, tokenizer: Any, stops: Sequence[str], emit: Callable[[str], None], lstrip: bool = False):
         self.tokenizer = tokenizer
         self.stops = [s for s in stops if s]
+        self.fails = [_failure(s) for s in self.stops]  # once per request, not per token
         self.emit = emit
         self.lstrip = lstrip
         self.ids: list[int] = []
@@ -59,7 +84,7 @@ class TextEmitter:
             self.hit_stop = True
             self._flush(text[: min(cuts)])
             return
-        safe = len(text) - _stop_holdback(text, self.stops)
+        safe = len(text) - _stop_holdback(text, self.stops, self.fails)
         # An incomplete UTF-8 character is at most 3 pending bytes, each decoded as U+FFFD: hold back only those,
         # so a stream of invalid bytes is still sent as it comes instead of all at the end.
         held = 0
@@ -97,12 +122,8 @@ class _Streamer:
             return
         ids = [int(t) for t in value.reshape(-1).tolist()]
         self.count += len(ids)
-        kept = []
-        for t in ids:
-            if t in self.eos_ids:
-                self.saw_eos = True
-                break
-            kept.append(t)
+        kept = cut_at_eos(ids, self.eos_ids)
+        self.saw_eos = self.saw_eos or len(kept) < len(ids)
         if kept:
             self.emitter.add(kept)
 
@@ -119,16 +140,6 @@ def _stopper(flag: Callable[[], bool]) -> Any:
             return torch.full((input_ids.shape[0],), flag(), dtype=torch.bool, device=input_ids.device)
 
     return Stop()
-
-
-def eos_ids(tokenizer: Any, model: Any) -> set[int]:
-    ids: set[int] = set()
-    for v in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        if isinstance(v, int):
-            ids.add(v)
-        elif isinstance(v, list):
-            ids.update(int(x) for x in v)
-    return ids
 
 
 @torch.no_grad()
@@ -153,9 +164,8 @@ def generate_stream(session: ModelSession, name: str, prompt_ids: list[int], set
         torch.manual_seed(seed)  # per request, just before it runs: same seed -> same output, whatever ran before
         ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
         stop = StoppingCriteriaList([_stopper(lambda: emitter.hit_stop or cancelled.is_set())])
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pad_token_id=session.tokenizer.pad_token_id,
-                       eos_token_id=sorted(eos) or None, streamer=streamer, stopping_criteria=stop,
-                       **settings.kwargs())
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer, stopping_criteria=stop,
+                       **eos_kwargs(session.tokenizer, model), **settings.kwargs())
     if cancelled.is_set():
         reason = "cancelled"
     elif emitter.hit_stop or streamer.saw_eos:

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedit.eval.generate import GenerationSettings
+from fedit.generation import GenerationSettings
 
 
 @dataclass

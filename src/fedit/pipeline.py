@@ -17,7 +17,7 @@ from fedit.data.records import Record
 from fedit.data.templates import Template, get_template
 from fedit.errors import CheckpointError, ConfigError
 from fedit.eval.evaluate import evaluate as evaluate_records
-from fedit.eval.generate import GenerationSettings
+from fedit.generation import GenerationSettings
 from fedit.model.load import load_base, resolve_model_path
 from fedit.model.lora import AdapterSlots, attach_lora, peft_lora_config, target_modules
 from fedit.server.checkpoint import RunStore

@@ -109,6 +109,12 @@ class RunConfig:
     faults: list[str] = field(default_factory=list)  # fault injection for testing (fedit.faults), e.g. "nan@2:1"
 
 
+# Settings a resumed run may change: they decide how long the run goes on, what is evaluated, where and on what
+# engine it runs, and which faults are injected, never what a finished round computed.
+RESUMABLE = frozenset({"run.rounds", "run.eval_every", "run.eval_limit", "run.eval_generate", "run.max_new_tokens",
+                       "run.out", "run.engine", "run.nodes", "run.faults"})
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -161,6 +167,11 @@ class Config:
                 raise ConfigError(f"unknown setting {key!r}")
             data[section][name] = value
         return Config.from_dict(data, where="command line")
+
+    def differences(self, other: Config) -> list[tuple[str, Any, Any]]:
+        """(dotted key, this value, other's value) for every setting where the two differ."""
+        a, b = self.to_dict(keep_none=True), other.to_dict(keep_none=True)
+        return [(f"{s}.{k}", a[s][k], b[s][k]) for s in a for k in a[s] if a[s][k] != b[s][k]]
 
     def to_dict(self, keep_none: bool = False) -> dict[str, Any]:
         d = dataclasses.asdict(self)

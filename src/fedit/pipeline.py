@@ -12,7 +12,7 @@ from typing import Any
 from fedit import __version__
 from fedit.atomic import write_json as atomic_write_json
 from fedit.client.train import LocalTrainer
-from fedit.config import Config
+from fedit.config import RESUMABLE, Config
 from fedit.data.records import Record
 from fedit.data.templates import Template, get_template
 from fedit.errors import CheckpointError, ConfigError
@@ -125,17 +125,29 @@ def stratified_head(records: list[Record], limit: int) -> list[Record]:
     return out
 
 
-def make_evaluator(cfg: Config, bundle: ModelBundle, test: list[Record], slots: AdapterSlots):
-    records = stratified_head(test, cfg.run.eval_limit) if cfg.run.eval_limit else test
-    settings = GenerationSettings(max_new_tokens=cfg.run.max_new_tokens)
+class Evaluator:
+    """Evaluates a payload on a fixed set of held-out records; `records_id` identifies that set, so a resumed run
+    can tell whether the base evaluation stored with round 0 was made on the same records."""
 
-    def _evaluate(params: Params) -> dict[str, Any]:
-        slots.set(params)
-        res = evaluate_records(bundle.model, bundle.tokenizer, bundle.template, records,
-                               cutoff_len=cfg.data.cutoff_len, generate=cfg.run.eval_generate, settings=settings)
+    def __init__(self, cfg: Config, bundle: ModelBundle, records: list[Record], slots: AdapterSlots) -> None:
+        self.cfg, self.bundle, self.records, self.slots = cfg, bundle, records, slots
+        self.settings = GenerationSettings(max_new_tokens=cfg.run.max_new_tokens)
+        h = hashlib.sha256(json.dumps([cfg.run.eval_generate, cfg.run.max_new_tokens, cfg.data.cutoff_len]).encode())
+        for r in records:
+            h.update(json.dumps(r.to_dict(), sort_keys=True, ensure_ascii=False).encode())
+        self.records_id = h.hexdigest()
+
+    def __call__(self, params: Params) -> dict[str, Any]:
+        self.slots.set(params)
+        res = evaluate_records(self.bundle.model, self.bundle.tokenizer, self.bundle.template, self.records,
+                               cutoff_len=self.cfg.data.cutoff_len, generate=self.cfg.run.eval_generate,
+                               settings=self.settings)
         return res.to_dict()
 
-    return _evaluate if records else None
+
+def make_evaluator(cfg: Config, bundle: ModelBundle, test: list[Record], slots: AdapterSlots) -> Evaluator | None:
+    records = stratified_head(test, cfg.run.eval_limit) if cfg.run.eval_limit else test
+    return Evaluator(cfg, bundle, records, slots) if records else None
 
 
 def compare_evals(base: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
@@ -169,55 +181,88 @@ def data_on_nodes(cfg: Config, client_ids: list[int]) -> PreparedData:
     return PreparedData([[] for _ in range(n)], test, stats, h.hexdigest())
 
 
+def check_resume_config(root: Path, cfg: Config) -> None:
+    """Refuse to resume `root` with settings that change what its finished rounds computed (library API and Flower
+    path alike; the CLI builds `cfg` from the saved config plus the options it allows)."""
+    saved_file = root / "config.toml"
+    if not saved_file.is_file():
+        raise CheckpointError(f"cannot resume: {root} is not a fedit run directory (no config.toml)")
+    try:
+        saved = Config.from_file(saved_file)
+    except ConfigError as e:
+        raise CheckpointError(f"cannot resume {root}: its saved config is unreadable ({e})") from None
+    changed = [d for d in saved.differences(cfg) if d[0] not in RESUMABLE]
+    if changed:
+        shown = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in changed[:5])
+        more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
+        raise CheckpointError(f"cannot resume {root} with a different config: {shown}{more}. A resumed run may "
+                              f"change only {', '.join(sorted(RESUMABLE))}; start a new run for the others")
+
+
 def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = False,
         reporter: Reporter | None = None, engine: Any = None, data: PreparedData | None = None) -> RunResult:
     """Run (or resume) federated instruction tuning as configured; returns the final adapter and evaluation.
 
     `engine` replaces the in-process simulator (Flower passes its own); `data` replaces loading and partitioning
-    (a Flower server whose clients' data stays on the nodes passes `data_on_nodes(...)`).
+    (a Flower server whose clients' data stays on the nodes passes `data_on_nodes(...)`). Everything that can be
+    checked (config, output directory, data, strategy, model) is checked before the run directory is touched; the
+    directory is locked against a second process for as long as the run goes on.
     """
     cfg.validate()  # every name and range, before any data is read or any model loaded
+    log = reporter.log if reporter is not None else (lambda _m: None)
     if not cfg.run.out and resume is None:
         cfg = cfg.override({"run.out": time.strftime("runs/run-%Y%m%d-%H%M%S")})
     store = RunStore(resume if resume is not None else cfg.run.out)
+    if resume is not None:
+        check_resume_config(store.root, cfg)
+    else:
+        store.check_create(overwrite)
     if data is None:
         data = prepare_data(cfg)
     strategy = build_strategy(cfg.strategy)
     bundle = build_model(cfg)  # a model that cannot load leaves no run directory behind
-    if resume is not None:
-        info = store.open_existing()
-        if info.get("data_fingerprint") != data.fingerprint:
-            raise CheckpointError(f"cannot resume {store.root}: the data differs from the data the run started "
-                                  "with (fingerprint mismatch); resume with the same data and settings")
-    else:
-        store.create(cfg.to_toml(), {"fedit_version": __version__, "data_fingerprint": data.fingerprint,
-                                     "num_clients": len(data.client_records)}, overwrite)
-        atomic_write_json(store.root / "partition" / "stats.json", data.stats)
-        try:
-            from fedit.partition import plot_heterogeneity
+    with store:
+        if resume is not None:
+            info = store.open_existing()  # takes the lock first
+            if info.get("data_fingerprint") != data.fingerprint:
+                raise CheckpointError(f"cannot resume {store.root}: the data differs from the data the run "
+                                      "started with (fingerprint mismatch); resume with the same data and settings")
+            if not cfg.run.out:
+                cfg = cfg.override({"run.out": str(store.root)})
+            cfg.save(store.root / "config.toml")  # the resumable settings as they are now (rounds, eval, ...)
+        else:
+            store.create(cfg.to_toml(), {"fedit_version": __version__, "data_fingerprint": data.fingerprint,
+                                         "num_clients": len(data.client_records)}, overwrite)
+            atomic_write_json(store.root / "partition" / "stats.json", data.stats)
+            try:
+                from fedit.partition import plot_heterogeneity
 
-            plot_heterogeneity(data.stats, store.root / "partition" / "heterogeneity.png")
-        except Exception as e:  # a plot must never cost a run
-            if reporter:
-                reporter.log(f"could not draw the partition plot: {e}")
+                plot_heterogeneity(data.stats, store.root / "partition" / "heterogeneity.png")
+            except Exception as e:  # a plot must never cost a run
+                log(f"could not draw the partition plot: {e}")
+        return _run_in(cfg, store, data, strategy, bundle, resume is not None, reporter, engine, log)
 
+
+def _run_in(cfg: Config, store: RunStore, data: PreparedData, strategy: Any, bundle: ModelBundle, resumed: bool,
+            reporter: Reporter | None, engine: Any, log: Any) -> RunResult:
+    """The rounds and the final evaluation, inside a created (or reopened) and locked run directory."""
     slots = bundle.trainer.slots
     evaluate = make_evaluator(cfg, bundle, data.test, slots)
-
-    if resume is None:
+    latest = store.load_latest_usable(log) if resumed else None
+    if latest is None:  # a new run, or a resumed one that never finished round 0: (re)start from the LoRA init
         params = slots.get()  # LoRA init (B = 0): the base model's behaviour
         state = strategy.init_state(params)
         metrics0: dict[str, Any] = {"round": 0, "sampled": [], "replied": []}
         if evaluate is not None:
             metrics0["eval"] = evaluate(params)
+            metrics0["eval_records"] = evaluate.records_id
         store.save_round(0, params, state, metrics0, bundle.peft_config)
         start = 0
     else:
-        start = store.latest_round()  # type: ignore[assignment]
-        params, state, _ = store.load_round(start)
-        store.rebuild_metrics()
+        start, params, state, _ = latest
         if start > cfg.run.rounds:
             raise ConfigError(f"run.rounds={cfg.run.rounds} but {store.root} already has {start} rounds")
+    store.rebuild_metrics()
 
     if engine is None:
         if cfg.run.engine != "simulation":
@@ -226,9 +271,11 @@ def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = Fals
 
         engine = SimulationEngine(bundle.trainer,
                                   ClientDataCache(data.client_records, bundle.template, bundle.tokenizer, cfg), cfg)
+    # the most examples each client may claim: what the server assigned it, where the server knows its data
+    bounds = {c: len(recs) for c, recs in enumerate(data.client_records) if recs}
     try:
         params, state, results = run_rounds(cfg, engine, strategy, store, bundle.peft_config, params, state, start,
-                                            evaluate, reporter)
+                                            evaluate, reporter, example_bounds=bounds)
     finally:
         engine.close()
     last = store.latest_round()
@@ -238,7 +285,9 @@ def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = Fals
     eval_out = None
     if evaluate is not None:
         round0_params, _, round0_metrics = store.load_round(0)
-        base = round0_metrics.get("eval") or evaluate(round0_params)
+        same_records = round0_metrics.get("eval_records") == evaluate.records_id
+        base = round0_metrics.get("eval") if same_records else None
+        base = base or evaluate(round0_params)  # the base model on exactly the records the final model sees
         final = evaluate(params)
         eval_out = compare_evals(base, final)
         eval_out["rounds"] = last

@@ -50,15 +50,38 @@ def test_fedadam_one_step_by_hand() -> None:
 
 
 def test_fedadam_second_step_uses_state() -> None:
-    s = FedAdam(eta=0.1, beta1=0.5, beta2=0.5, tau=0.0)
+    s = FedAdam(eta=0.1, beta1=0.5, beta2=0.5, tau=0.01)
     p1, st = s.aggregate(GLOBAL, [upd(0, 1, [2.0, 0.0], [1.0, 1.0])], s.init_state(GLOBAL))
-    # step 1: delta=2, m=1, v=2, w=0.1*1/sqrt(2)
-    w1 = 0.1 / 2**0.5
-    assert p1["x.lora_A.weight"][0].item() == pytest.approx(w1, rel=1e-6)
-    p2, _ = s.aggregate(p1, [ClientUpdate(0, {"x.lora_A.weight": torch.tensor([w1, 0.0]),
-                                              "x.lora_B.weight": torch.tensor([1.0, 1.0])}, 1)], st)
-    # step 2: delta=0, m=0.5, v=1, w = w1 + 0.1*0.5/1
-    assert p2["x.lora_A.weight"][0].item() == pytest.approx(w1 + 0.05, rel=1e-6)
+    # step 1: delta_A = [2, 0], m = [1, 0], v = [2, 0] -> A = [0.1 * 1 / (sqrt(2) + 0.01), 0];
+    # delta_B = 0, m = v = 0 -> B = 1 + 0.1 * 0 / (0 + 0.01) = [1, 1] (finite because tau > 0)
+    w1 = 0.1 / (2**0.5 + 0.01)
+    assert torch.allclose(p1["x.lora_A.weight"], torch.tensor([w1, 0.0]))
+    assert torch.equal(p1["x.lora_B.weight"], torch.tensor([1.0, 1.0]))
+    p2, st2 = s.aggregate(p1, [ClientUpdate(0, {"x.lora_A.weight": torch.tensor([w1, 0.0]),
+                                                "x.lora_B.weight": torch.tensor([1.0, 1.0])}, 1)], st)
+    # step 2: delta = 0, m_A = [0.5, 0], v_A = [1, 0] -> A = [w1 + 0.1 * 0.5 / (1 + 0.01), 0]; B unchanged
+    assert torch.allclose(p2["x.lora_A.weight"], torch.tensor([w1 + 0.05 / 1.01, 0.0]))
+    assert torch.equal(p2["x.lora_B.weight"], torch.tensor([1.0, 1.0]))
+    assert torch.allclose(st2["m.x.lora_A.weight"], torch.tensor([0.5, 0.0]))
+    assert torch.allclose(st2["v.x.lora_A.weight"], torch.tensor([1.0, 0.0]))
+    assert all(bool(torch.isfinite(t).all()) for t in [*p2.values(), *st2.values()])
+
+
+def test_fedadam_tau_and_betas_are_validated() -> None:
+    from fedit.config import Config
+
+    with pytest.raises(ConfigError, match=r"strategy.tau: got 0.0, expected a number > 0"):
+        Config().override({"strategy.tau": 0.0})
+    for key, value in (("strategy.beta1", 1.0), ("strategy.beta2", -0.1)):
+        with pytest.raises(ConfigError, match=rf"{key}: got {value}, expected a number in \[0, 1\)"):
+            Config().override({key: value})
+
+
+def test_strategies_refuse_non_finite_updates() -> None:
+    nan = upd(2, 1, [float("nan"), 0.0], [1.0, 1.0])
+    for s in (FedAvg(), FedAdam(), FedProx()):
+        with pytest.raises(AggregationError, match=r"client 2: x.lora_A.weight has 1 non-finite value"):
+            s.aggregate(GLOBAL, [upd(0, 1, [1.0, 1.0], [1.0, 1.0]), nan], s.init_state(GLOBAL))
 
 
 def test_fedprox_aggregates_like_fedavg_and_adds_proximal_term() -> None:

@@ -22,7 +22,7 @@ from fedit.data.tokenize import IGNORE_INDEX, TokenizedData, collate, iter_micro
 from fedit.errors import ClientError
 from fedit.model.lora import AdapterSlots
 from fedit.model.loss import label_token_nll
-from fedit.types import ClientUpdate, Params
+from fedit.types import ClientUpdate, Params, payload_problem
 
 StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
 
@@ -75,12 +75,29 @@ def train_client(
     objective: ClientObjective | None = None,
     on_step: StepCallback | None = None,
 ) -> ClientUpdate:
-    """Train the adapter on one client's data, starting from `global_params`; returns the new payload."""
+    """Train the adapter on one client's data, starting from `global_params`; returns the new payload.
+
+    The client checks its own result: an adapter with a NaN or Inf after the last step is never sent (ClientError).
+    """
     if len(data) == 0:
         raise ClientError(f"client {client_id} has no trainable examples (all were empty after the cutoff)")
     model, slots = trainer.model, trainer.slots
-    device = next(iter(slots.params.values())).device
     slots.set(global_params)
+    params = slots.trainable()
+    for p in params:  # a client that failed mid-step may have left gradients behind
+        p.grad = None
+    try:
+        return _train(trainer, global_params, data, cfg, client_id, round_idx, seed, objective, on_step)
+    finally:
+        model.eval()
+        for p in params:
+            p.grad = None
+
+
+def _train(trainer: LocalTrainer, global_params: Params, data: TokenizedData, cfg: ClientConfig, client_id: int,
+           round_idx: int, seed: int, objective: ClientObjective | None, on_step: StepCallback | None) -> ClientUpdate:
+    model, slots = trainer.model, trainer.slots
+    device = next(iter(slots.params.values())).device
     if objective is not None:
         objective.start(global_params, slots)
 
@@ -124,11 +141,15 @@ def train_client(
             on_step(step + 1, total, step_loss / max(1, step_tokens))
     if not math.isfinite(loss_sum):
         raise ClientError(f"client {client_id}: training loss became {loss_sum} in round {round_idx}; lower the lr")
+    out = slots.get()
+    bad = payload_problem(out, out)
+    if bad is not None:
+        raise ClientError(f"client {client_id}: after training in round {round_idx}, {bad}; the update is not "
+                          "sent (lower the lr or raise the precision)")
     seconds = time.perf_counter() - t0
-    model.eval()
     return ClientUpdate(
         client_id=client_id,
-        params=slots.get(),
+        params=out,
         num_examples=len(data),
         metrics={
             "loss": loss_sum / max(1, loss_tokens),

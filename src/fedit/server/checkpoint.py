@@ -1,17 +1,22 @@
-"""Run directory: per-round PEFT adapters and strategy state, metrics, config; atomic writes and resume.
+"""Run directory: per-round PEFT adapters and strategy state, metrics, config; durable atomic writes and resume.
 
     run_dir/
+      .fedit-output          marker: a fedit run (only marked directories are ever replaced by --overwrite)
+      .lock                  held (flock) by the one process using the run; released by the OS if it dies
       config.toml            resolved config          run.json     fedit version, data fingerprint
       round_0000/            adapter/ (PEFT format), state/strategy.safetensors, metrics.json
       ...
       metrics.jsonl          one object per round (rebuilt from round_*/metrics.json on resume)
       final/                 the last round's adapter
-A round directory is built under a temporary name and renamed when complete, so a kill never leaves half a round.
+A round directory is built under a temporary name, fsynced, and renamed when complete, so neither a kill nor a power
+loss leaves half a round. On resume an unreadable or non-finite latest round is moved aside (`round_NNNN.corrupt`)
+and the run continues from the round before it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -20,15 +25,17 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from fedit.atomic import staged_dir
+from fedit.atomic import OLD_PREFIX, TMP_PREFIX, append_line, fsync_dir, staged_dir
 from fedit.atomic import write_json as atomic_write_json
 from fedit.atomic import write_text as atomic_write_text
 from fedit.errors import CheckpointError
 from fedit.model.lora import load_adapter_params, save_adapter
+from fedit.outdir import check_output_dir, create_atomically, marker_kind, write_marker
 from fedit.strategies.base import State
-from fedit.types import Params
+from fedit.types import Params, payload_problem
 
 ROUND_RE = re.compile(r"^round_(\d{4,})$")
+LOCK = ".lock"
 
 
 def round_dir_name(r: int) -> str:
@@ -36,24 +43,30 @@ def round_dir_name(r: int) -> str:
 
 
 class RunStore:
-    """Reads and writes one run directory."""
+    """Reads and writes one run directory; `lock()` makes one process its only writer."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self._lock_fd: int | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
+    def check_create(self, overwrite: bool) -> None:
+        """Refuse early (before any model is loaded) if `create` would have to refuse."""
+        if check_output_dir(self.root, overwrite, resume_hint=True) and overwrite:
+            self._refuse_if_locked()
+
     def create(self, config_toml: str, info: dict[str, Any], overwrite: bool) -> None:
-        if self.root.exists() and any(self.root.iterdir()):
-            if not overwrite:
-                raise CheckpointError(f"output directory {self.root} is not empty; pass --overwrite to replace it "
-                                      f"or --resume {self.root} to continue it")
+        """A new run directory holding the config and run.json, created in one rename; then locked."""
+        if check_output_dir(self.root, overwrite, resume_hint=True):
+            self._refuse_if_locked()
             shutil.rmtree(self.root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.root / "config.toml", config_toml)
-        atomic_write_json(self.root / "run.json", info)
+        create_atomically(self.root, "run", {"config.toml": config_toml,
+                                             "run.json": json.dumps(info, indent=2, sort_keys=True) + "\n"})
+        self.lock()
 
     def open_existing(self) -> dict[str, Any]:
-        """Validate a directory to resume; returns run.json. Cleans temporary leftovers of an interrupted round."""
+        """Validate and lock a directory to resume; returns run.json. Cleans temporary leftovers of an interrupted
+        round (only once the lock is held, so another live process's temporary files are never touched)."""
         if not self.root.is_dir():
             raise CheckpointError(f"cannot resume: {self.root} does not exist")
         if not (self.root / "config.toml").is_file() or not (self.root / "run.json").is_file():
@@ -61,13 +74,52 @@ class RunStore:
                                   "(config.toml and run.json missing)")
         try:
             info = json.loads((self.root / "run.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"cannot resume: {self.root / 'run.json'} is corrupt ({e})") from None
-        for leftover in self.root.glob(".tmp-*"):
+        self.lock()
+        if marker_kind(self.root) is None:  # a run made before markers existed: it is fedit's, say so now
+            write_marker(self.root, "run")
+        for leftover in [*self.root.glob(f"{TMP_PREFIX}*"), *self.root.glob(f"{OLD_PREFIX}*")]:
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-        if self.latest_round() is None:
-            raise CheckpointError(f"cannot resume: {self.root} has no complete round (no round_NNNN directory)")
         return info
+
+    # ---- the lock -----------------------------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take the run's lock (non-blocking); CheckpointError naming the holder if another process has it."""
+        if self._lock_fd is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no flock on this platform: single-writer is the user's job
+            return
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise CheckpointError(f"{self.root} is in use by another fedit process (pid {holder}); wait for it to "
+                                  "finish or stop it, then resume") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def _refuse_if_locked(self) -> None:
+        probe = RunStore(self.root)
+        if (self.root / LOCK).exists():
+            probe.lock()
+            probe.unlock()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.unlock()
 
     # ---- rounds -------------------------------------------------------------------------------------------------
     def rounds(self) -> list[int]:
@@ -83,7 +135,7 @@ class RunStore:
         return rs[-1] if rs else None
 
     def save_round(self, r: int, params: Params, state: State, metrics: dict[str, Any], peft_config: Any) -> float:
-        """Write round `r` atomically; returns the seconds spent (also stored in its metrics as checkpoint_seconds)."""
+        """Write round `r` durably and atomically; returns the seconds spent (also in its metrics)."""
         t0 = time.perf_counter()
         with staged_dir(self.root / round_dir_name(r)) as tmp:
             (tmp / "state").mkdir()
@@ -92,8 +144,7 @@ class RunStore:
             seconds = time.perf_counter() - t0
             metrics = dict(metrics, checkpoint_seconds=seconds)
             atomic_write_json(tmp / "metrics.json", metrics)
-        with open(self.root / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics, sort_keys=True) + "\n")
+        append_line(self.root / "metrics.jsonl", json.dumps(metrics, sort_keys=True))
         return seconds
 
     def load_round(self, r: int) -> tuple[Params, State, dict[str, Any]]:
@@ -106,8 +157,39 @@ class RunStore:
             raise CheckpointError(f"cannot resume from {d}: corrupt checkpoint ({e})") from None
         return params, state, metrics
 
+    def load_latest_usable(self, log: Any = None) -> tuple[int, Params, State, dict[str, Any]] | None:
+        """The newest round that loads and holds only finite values; newer unusable rounds are moved aside to
+        `round_NNNN.corrupt` (kept, never deleted) with a message. None when no round is usable."""
+        for r in reversed(self.rounds()):
+            try:
+                params, state, metrics = self.load_round(r)
+                bad = payload_problem(params, params) or payload_problem(state, state)
+                if bad is not None:
+                    raise CheckpointError(f"{round_dir_name(r)}: {bad}")
+            except CheckpointError as e:
+                src = self.root / round_dir_name(r)
+                dst = self.root / f"{round_dir_name(r)}.corrupt"
+                n = 1
+                while dst.exists():
+                    n += 1
+                    dst = self.root / f"{round_dir_name(r)}.corrupt{n}"
+                os.replace(src, dst)
+                fsync_dir(self.root)
+                if log is not None:
+                    log(f"round {r} is unusable ({e}); moved it to {dst.name} and resuming from the round before it")
+                continue
+            return r, params, state, metrics
+        return None
+
     def history(self) -> list[dict[str, Any]]:
-        return [json.loads((self.root / round_dir_name(r) / "metrics.json").read_text()) for r in self.rounds()]
+        out = []
+        for r in self.rounds():
+            f = self.root / round_dir_name(r) / "metrics.json"
+            try:
+                out.append(json.loads(f.read_text(encoding="utf-8")))
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"{f}: unreadable round metrics ({e})") from None
+        return out
 
     def rebuild_metrics(self) -> None:
         """metrics.jsonl from the complete rounds only (drops lines of a round that never finished)."""
@@ -119,3 +201,4 @@ class RunStore:
         with staged_dir(dst) as tmp:
             shutil.copytree(self.root / round_dir_name(r) / "adapter", tmp, dirs_exist_ok=True)
         return dst
+

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import torch
+
 from fedit.config import Config
-from fedit.engines.base import Engine
+from fedit.engines.base import Engine, RoundOutcome
 from fedit.errors import ClientError
 from fedit.server.checkpoint import RunStore
 from fedit.server.sampling import sample_clients
+from fedit.server.validate import update_problem
 from fedit.strategies.base import State, Strategy
-from fedit.types import Params, RoundResult, payload_bytes
+from fedit.types import ClientUpdate, Params, RoundResult, payload_bytes
 
 Evaluate = Callable[[Params], dict[str, Any]]
 
@@ -38,6 +42,44 @@ class NullReporter:
         pass
 
 
+def screen_updates(round_idx: int, sampled: list[int], outcome: RoundOutcome, expected: Params,
+                   bounds: Mapping[int, int], max_examples: int | None) -> tuple[list[ClientUpdate], dict[int, str]]:
+    """The updates a strategy may see, sorted by client id, and every dropped client with its reason.
+
+    An update is rejected when it fails `update_problem` (keys, shapes, dtypes, finite values, `num_examples` within
+    what the client was assigned or `max_examples`, finite metrics), comes from a client not sampled this round, or
+    repeats a client that already sent one.
+    """
+    failures = dict(outcome.failures)
+    accepted: dict[int, ClientUpdate] = {}
+    wanted = set(sampled)
+    count = Counter(u.client_id for u in outcome.updates)
+    for u in outcome.updates:
+        cid = u.client_id
+        caps = [b for b in (bounds.get(cid), max_examples) if b is not None]
+        if cid not in wanted:
+            problem: str | None = f"client {cid} was not sampled in round {round_idx}"
+        elif count[cid] > 1:
+            problem = f"sent {count[cid]} updates in one round"
+        else:
+            problem = update_problem(u, expected, min(caps) if caps else None)
+        if problem is None:
+            failures.pop(cid, None)
+            accepted[cid] = u
+        else:
+            failures[cid] = f"update rejected: {problem}"
+    return [accepted[c] for c in sorted(accepted)], failures
+
+
+def _received_bytes(outcome: RoundOutcome) -> int:
+    """Bytes of tensor data the server received this round, rejected updates included."""
+    total = 0
+    for u in outcome.updates:
+        if isinstance(u.params, Mapping):
+            total += payload_bytes({k: v for k, v in u.params.items() if isinstance(v, torch.Tensor)})
+    return total
+
+
 def run_rounds(
     cfg: Config,
     engine: Engine,
@@ -49,29 +91,35 @@ def run_rounds(
     start_round: int,
     evaluate: Evaluate | None = None,
     reporter: Reporter | None = None,
+    example_bounds: Mapping[int, int] | None = None,
 ) -> tuple[Params, State, list[RoundResult]]:
-    """Run rounds start_round+1 .. cfg.run.rounds; every finished round is checkpointed before the next starts."""
+    """Run rounds start_round+1 .. cfg.run.rounds; every finished round is checkpointed before the next starts.
+
+    Each update is validated before the strategy sees it (`screen_updates`); `example_bounds` maps a client id to
+    the number of examples the server assigned it, the most that client may claim.
+    """
     rep = reporter or NullReporter()
     objective = strategy.client_objective()
+    bounds = example_bounds or {}
     results: list[RoundResult] = []
     for r in range(start_round + 1, cfg.run.rounds + 1):
         t_round = time.perf_counter()
         sampled = sample_clients(cfg.run, engine.num_clients, r)
         rep.round_start(r, cfg.run.rounds, sampled)
         outcome = engine.train_round(r, sampled, params, objective, rep.client_step)
-        for cid, reason in sorted(outcome.failures.items()):
+        updates, failures = screen_updates(r, sampled, outcome, params, bounds, cfg.run.max_client_examples)
+        for cid, reason in sorted(failures.items()):
             rep.log(f"round {r}: client {cid} dropped: {reason}")
-        if len(outcome.updates) < cfg.run.min_clients:
+        if len(updates) < cfg.run.min_clients:
             raise ClientError(
-                f"round {r}: only {len(outcome.updates)} of {len(sampled)} sampled clients replied, "
+                f"round {r}: only {len(updates)} of {len(sampled)} sampled clients sent a usable update, "
                 f"min_clients is {cfg.run.min_clients}; the run stopped after round {r - 1}, "
                 f"which is saved: fix the cause and resume with --resume {store.root}"
             )
-        updates = sorted(outcome.updates, key=lambda u: u.client_id)  # fixed order: bit-identical sums everywhere
         t_train = time.perf_counter() - t_round
 
         t0 = time.perf_counter()
-        params, state = strategy.aggregate(params, updates, state)
+        params, state = strategy.aggregate(params, updates, state)  # updates sorted by id: same bits everywhere
         t_agg = time.perf_counter() - t0
 
         n_total = sum(u.num_examples for u in updates)
@@ -79,7 +127,7 @@ def run_rounds(
             "round": r,
             "sampled": sampled,
             "replied": [u.client_id for u in updates],
-            "failed": {str(k): v for k, v in sorted(outcome.failures.items())},
+            "failed": {str(k): v for k, v in sorted(failures.items())},
             "train_loss": sum(u.metrics["loss"] * u.num_examples for u in updates) / n_total,
             "examples": n_total,
             "tokens": int(sum(u.metrics.get("tokens", 0) for u in updates)),
@@ -87,7 +135,7 @@ def run_rounds(
             "train_seconds": t_train,
             "aggregate_seconds": t_agg,
             "bytes_down": payload_bytes(params) * len(sampled),
-            "bytes_up": sum(payload_bytes(u.params) for u in updates),
+            "bytes_up": _received_bytes(outcome),
             "clients": {str(u.client_id): {k: v for k, v in u.metrics.items()} | {"examples": u.num_examples}
                         for u in updates},
         }

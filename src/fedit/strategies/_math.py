@@ -11,17 +11,16 @@ from fedit.types import ClientUpdate, Params
 
 
 def check_updates(global_params: Params, updates: Sequence[ClientUpdate]) -> None:
+    """The round loop validates every update before a strategy sees it (server/validate.py); strategies called
+    directly check again with the same rules, so they never average a NaN or a misshapen tensor."""
+    from fedit.server.validate import update_problem
+
     if not updates:
         raise AggregationError("no client updates to aggregate")
     for u in updates:
-        if u.params.keys() != global_params.keys():
-            raise AggregationError(f"client {u.client_id}: adapter keys differ from the global adapter")
-        for k, v in u.params.items():
-            if v.shape != global_params[k].shape:
-                raise AggregationError(f"client {u.client_id}: {k} has shape {tuple(v.shape)}, "
-                                       f"expected {tuple(global_params[k].shape)}")
-        if u.num_examples <= 0:
-            raise AggregationError(f"client {u.client_id}: num_examples must be > 0, got {u.num_examples}")
+        problem = update_problem(u, global_params, check_metrics=False)
+        if problem is not None:
+            raise AggregationError(f"client {u.client_id}: {problem}")
 
 
 def weighted_average(updates: Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:

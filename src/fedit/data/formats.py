@@ -7,6 +7,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fedit.data.invalid import RowError
 from fedit.data.records import Message, Record
 from fedit.errors import ConfigError, DataError
 from fedit.registry import Registry
@@ -61,14 +62,17 @@ def _show(value: Any, limit: int = 60) -> str:
 
 
 def _required_str(raw: Mapping[str, Any], key: str, where: str) -> str:
+    """A string field that must be present and not "" (whitespace is data: " " is a valid answer)."""
     if key not in raw or raw[key] is None:
         keys = ", ".join(map(str, raw)) or "(none)"
-        raise DataError(f"{where}: field {key!r} is missing (keys present: {keys}); expected a non-empty string")
+        raise RowError(where, f"field {key!r} is missing (keys present: {keys}); expected a non-empty string",
+                       f"field {key!r} is missing")
     value = raw[key]
     if not isinstance(value, str):
-        raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__} {_show(value)}")
-    if not value.strip():
-        raise DataError(f"{where}: field {key!r} is empty; expected a non-empty string")
+        raise RowError(where, f"field {key!r} must be a string, got {type(value).__name__} {_show(value)}",
+                       f"field {key!r} must be a string")
+    if not value:
+        raise RowError(where, f"field {key!r} is empty; expected a non-empty string", f"field {key!r} is empty")
     return value
 
 
@@ -76,9 +80,8 @@ def _optional_str(raw: Mapping[str, Any], key: str, where: str) -> str | None:
     value = raw.get(key)
     if value is None or isinstance(value, str):
         return value
-    raise DataError(
-        f"{where}: field {key!r} must be a string or absent, got {type(value).__name__} {_show(value)}"
-    )
+    raise RowError(where, f"field {key!r} must be a string or absent, got {type(value).__name__} {_show(value)}",
+                   f"field {key!r} must be a string or absent")
 
 
 def _category(raw: Mapping[str, Any], where: str) -> str | None:
@@ -104,29 +107,29 @@ def _parse_turns(value: Any, key: str, where: str) -> tuple[Message, ...]:
     if isinstance(value, str):  # e.g. a JSON-encoded list in a CSV cell
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: field {key!r} is a string that is not a JSON list of turns ({e.msg})") from None
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, a 5000-digit number, [[[[... nested deep
+            msg = e.msg if isinstance(e, json.JSONDecodeError) else "unreadable JSON"
+            raise RowError(where, f"field {key!r} is a string that is not a JSON list of turns ({msg})",
+                           f"field {key!r} is a string that is not a JSON list of turns") from None
     if not isinstance(value, (list, tuple)) or not value:
-        raise DataError(f"{where}: field {key!r} must be a non-empty list of turns, got {_show(value)}")
+        raise RowError(where, f"field {key!r} must be a non-empty list of turns, got {_show(value)}",
+                       f"field {key!r} must be a non-empty list of turns")
     turns = []
     for i, turn in enumerate(value):
         if not isinstance(turn, Mapping):
-            raise DataError(f"{where}: field {key}[{i}] must be an object, got {type(turn).__name__} {_show(turn)}")
+            raise RowError(where, f"field {key}[{i}] must be an object, got {type(turn).__name__} {_show(turn)}",
+                           f"field {key!r} has a turn that is not an object")
         role_key = "role" if "role" in turn else "from"
         content_key = "content" if "content" in turn else "value"
         role = turn.get(role_key)
         norm = ROLE_ALIASES.get(role.lower()) if isinstance(role, str) else None
         if norm is None:
-            raise DataError(
-                f"{where}: field {key}[{i}].{role_key} is {_show(role)}; "
-                f"expected one of: {', '.join(ROLE_ALIASES)}"
-            )
+            raise RowError(where, f"field {key}[{i}].{role_key} is {_show(role)}; expected one of: "
+                           f"{', '.join(ROLE_ALIASES)}", f"field {key!r} has a turn with an unknown role")
         content = turn.get(content_key)
         if not isinstance(content, str):
-            raise DataError(
-                f"{where}: field {key}[{i}].{content_key} must be a string, got {type(content).__name__} "
-                f"{_show(content)}"
-            )
+            raise RowError(where, f"field {key}[{i}].{content_key} must be a string, got {type(content).__name__} "
+                           f"{_show(content)}", f"field {key!r} has a turn whose content is not a string")
         turns.append(Message(norm, content))
     return tuple(turns)
 
@@ -161,20 +164,21 @@ def _from_alpaca(raw: Mapping[str, Any], where: str) -> Record:
 def _from_messages(raw: Mapping[str, Any], where: str) -> Record:
     key = "messages" if "messages" in raw else "conversations"
     if key not in raw:
-        raise DataError(f"{where}: field 'messages' (or 'conversations') is missing; expected a list of turns")
+        raise RowError(where, "field 'messages' (or 'conversations') is missing; expected a list of turns",
+                       "field 'messages' is missing")
     turns = _parse_turns(raw[key], key, where)
     first_user = next((i for i, t in enumerate(turns) if t.role == "user"), None)
     if first_user is None:
-        raise DataError(f"{where}: field {key!r} has no user turn; expected at least one user and one assistant turn")
+        raise RowError(where, f"field {key!r} has no user turn; expected at least one user and one assistant turn",
+                       f"field {key!r} has no user turn")
     last_asst = max((i for i, t in enumerate(turns) if t.role == "assistant"), default=None)
     if last_asst is None or last_asst < first_user:
-        raise DataError(
-            f"{where}: field {key!r} has no assistant turn after the first user turn; "
-            "expected at least one user turn answered by an assistant turn"
-        )
+        raise RowError(where, f"field {key!r} has no assistant turn after the first user turn; expected at least "
+                       "one user turn answered by an assistant turn", f"field {key!r} has no assistant turn")
     for i, role in ((first_user, "user"), (last_asst, "assistant")):
-        if not turns[i].content.strip():
-            raise DataError(f"{where}: field {key}[{i}] ({role} turn) is empty; expected a non-empty string")
+        if not turns[i].content:  # "" is empty; " " is data
+            raise RowError(where, f"field {key}[{i}] ({role} turn) is empty; expected a non-empty string",
+                           f"field {key!r} has an empty {role} turn")
     return Record(
         instruction=turns[first_user].content,
         response=turns[last_asst].content,
@@ -212,6 +216,9 @@ def get_format(name: str) -> Format:
     return FORMATS.get(name)
 
 
+DETECT_FAILED = "cannot detect the data format"  # the reason skipped rows of no known format are counted by
+
+
 def detect_format(keys: Collection[str]) -> str:
     """Name of the first format whose identifying keys are all present; DataError naming the keys seen otherwise."""
     for name in _DETECTION_ORDER:
@@ -219,7 +226,7 @@ def detect_format(keys: Collection[str]) -> str:
             return name
     seen = ", ".join(map(str, keys)) or "(none)"
     raise DataError(
-        f"cannot detect the data format from the keys {seen}; known formats: {_known_formats()}. "
+        f"{DETECT_FAILED} from the keys {seen}; known formats: {_known_formats()}. "
         "Pass the format explicitly or map your columns, e.g. --field instruction=question --field response=answer"
     )
 
@@ -227,12 +234,13 @@ def detect_format(keys: Collection[str]) -> str:
 def to_record(raw: Mapping[str, Any], fmt: str, where: str) -> Record:
     """Convert one raw (already field-mapped) mapping; `where` (e.g. "data.jsonl line 7") prefixes every error."""
     if not isinstance(raw, Mapping):
-        raise DataError(f"{where}: expected an object with named fields, got {type(raw).__name__} {_show(raw)}")
+        raise RowError(where, f"expected an object with named fields, got {type(raw).__name__} {_show(raw)}",
+                       "not an object with named fields")
     if fmt == "auto":
         try:
             fmt = detect_format(raw.keys())
         except DataError as e:
-            raise DataError(f"{where}: {e}") from None
+            raise RowError(where, str(e), DETECT_FAILED) from None
     return get_format(fmt).convert(raw, where)
 
 

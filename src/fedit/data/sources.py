@@ -12,11 +12,14 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from fedit.atomic import open_text
 from fedit.data.formats import (
+    DETECT_FAILED,
     FORMATS,
     apply_field_map,
     check_field_map,
@@ -25,12 +28,13 @@ from fedit.data.formats import (
     parse_field_map,
     to_record,
 )
+from fedit.data.invalid import InvalidRows, RowError, check_on_invalid
 from fedit.data.records import Record
 from fedit.errors import DataError
 
 __all__ = ["FORMATS", "detect_format", "load_records", "parse_field_map", "to_record", "write_records"]
 
-RawRow = tuple[str, int, Any]  # (where, position, raw value)
+RawRow = tuple[str, int, Any]  # (where, position, raw value); the value is a RowError for a row that cannot be read
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -47,17 +51,26 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: cannot read file ({e.strerror})") from None
 
 
+def _json_failure(e: Exception) -> tuple[str, str]:
+    """(what went wrong, the reason it is counted by) for an exception json.loads raised."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"malformed JSON ({e.msg} at column {e.colno})", "malformed JSON"
+    if isinstance(e, RecursionError):
+        return "JSON nested too deeply to read", "JSON nested too deeply"
+    return f"unreadable JSON value ({e})", "unreadable JSON value"  # e.g. Python's limit on integer digits
+
+
 def _jsonl_rows(path: Path, text: str) -> Iterator[RawRow]:
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path} line {lineno}"
         try:
-            yield where, lineno, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(
-                f"{where}: malformed JSON ({e.msg} at column {e.colno}); expected one JSON object per line"
-            ) from None
+            value = json.loads(line)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+            what, reason = _json_failure(e)
+            value = RowError(where, f"{what}; expected one JSON object per line", reason)
+        yield where, lineno, value
 
 
 def _read_jsonl(path: Path) -> Iterator[RawRow]:
@@ -77,31 +90,56 @@ def _read_json(path: Path) -> Iterator[RawRow]:
         items = json.loads(text) if head else []
     except json.JSONDecodeError as e:
         raise DataError(f"{path} line {e.lineno} column {e.colno}: malformed JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{path}: {_json_failure(e)[0]}; expected a JSON list of objects") from None
     return ((f"{path} index {i}", i, item) for i, item in enumerate(items))
 
 
-def _read_csv(path: Path) -> tuple[list[str], Iterator[RawRow]]:
-    """The header row and an iterator over the data rows."""
+_CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (128 KiB per cell) refuses long documents
+
+
+@contextmanager
+def _long_csv_fields() -> Iterator[None]:
+    old = csv.field_size_limit(_CSV_FIELD_LIMIT)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[RawRow]]:
+    """The header row and the data rows (parsed at once, so a CSV syntax error is found before any row is used)."""
     text = _read_text(path)
     reader = csv.reader(text.splitlines(keepends=True))
-    header = [h.strip() for h in next(reader, None) or []]
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes:
-        raise DataError(f"{path} row 1: duplicate column(s) {', '.join(map(repr, dupes))} in the header; "
-                        "expected unique column names")
-    return header, _csv_rows(path, header, reader)
+    with _long_csv_fields():
+        try:
+            header = [h.strip() for h in next(reader, None) or []]
+            dupes = sorted({h for h in header if header.count(h) > 1})
+            if dupes:
+                raise DataError(f"{path} row 1: duplicate column(s) {', '.join(map(repr, dupes))} in the header; "
+                                "expected unique column names")
+            return header, list(_csv_rows(path, header, reader))
+        except csv.Error as e:
+            raise DataError(f"{path} row {reader.line_num}: cannot parse CSV ({e})") from None
+
+
+def _blank_csv_row(row: list[str]) -> bool:
+    """An empty line, a line of spaces, or a row of empty cells; a quoted " " cell is data."""
+    return not row or all(cell == "" for cell in row) or (len(row) == 1 and not row[0].strip())
 
 
 def _csv_rows(path: Path, header: list[str], reader: Any) -> Iterator[RawRow]:
     start = reader.line_num + 1
     for row in reader:
         where = f"{path} row {start}"
-        if row and any(cell.strip() for cell in row):
+        if not _blank_csv_row(row):
             if len(row) > len(header):
-                raise DataError(f"{where}: {len(row)} values but the header has {len(header)} columns; "
-                                "expected at most one value per column (quote values that contain commas)")
-            row = row + [None] * (len(header) - len(row))  # a short row: its trailing fields read as missing
-            yield where, start, dict(zip(header, row, strict=True))
+                yield where, start, RowError(where, f"{len(row)} values but the header has {len(header)} columns; "
+                                             "expected at most one value per column (quote values that contain "
+                                             "commas)", "more values than the header has columns")
+            else:
+                row = row + [None] * (len(header) - len(row))  # a short row: its trailing fields read as missing
+                yield where, start, dict(zip(header, row, strict=True))
         start = reader.line_num + 1
 
 
@@ -123,22 +161,48 @@ _READERS: dict[str, Any] = {".json": _read_json, ".jsonl": _read_jsonl, ".ndjson
 # ---------------------------------------------------------------- conversion
 
 
-def _convert(rows: Iterable[RawRow], label: str, source_name: str, fmt: str, field_map: Mapping[str, str]
-             ) -> list[Record]:
-    """Map fields, detect the format from the first row, convert every row; stamp meta source/line."""
+@dataclass
+class _Reading:
+    """How to read rows: the format ("auto" or a name), the field map, and where skipped rows go (None: stop)."""
+
+    fmt: str
+    field_map: Mapping[str, str]
+    skipped: InvalidRows | None = None
+
+    def drop(self, error: RowError) -> None:
+        if self.skipped is None:
+            raise error
+        self.skipped.add(error)
+
+
+def _convert(rows: Iterable[RawRow], label: str, source_name: str, how: _Reading) -> list[Record]:
+    """Map fields, detect the format from the first good row, convert every row; stamp meta source/line.
+
+    A bad row stops the load, or with `how.skipped` is counted there and dropped; a source with no rows at all is
+    an error either way, one whose every row was dropped returns [] (load_records decides if anything is left).
+    """
     records: list[Record] = []
-    name = fmt
+    name = how.fmt
+    dropped = 0
     for where, pos, raw in rows:
-        if not isinstance(raw, Mapping):
-            raise DataError(f"{where}: expected a JSON object with named fields, got {type(raw).__name__}")
-        mapped = apply_field_map(raw, field_map)
-        if not records:
-            name = _first_row_format(raw, mapped, where, label, fmt, field_map, is_csv=False)
-        record = to_record(mapped, name, where)
+        try:
+            if isinstance(raw, RowError):
+                raise raw
+            if not isinstance(raw, Mapping):
+                raise RowError(where, f"expected a JSON object with named fields, got {type(raw).__name__}",
+                               "not a JSON object")
+            mapped = apply_field_map(raw, how.field_map)
+            if not records:
+                name = _first_row_format(raw, mapped, where, label, how.fmt, how.field_map, is_csv=False)
+            record = to_record(mapped, name, where)
+        except RowError as e:
+            how.drop(e)
+            dropped += 1
+            continue
         record.meta["source"] = source_name  # Record is frozen, its meta dict is ours until returned
         record.meta["line"] = pos
         records.append(record)
-    if not records:
+    if not records and not dropped:
         raise DataError(f"{label} is empty: no records found; expected at least one instruction record")
     return records
 
@@ -146,9 +210,11 @@ def _convert(rows: Iterable[RawRow], label: str, source_name: str, fmt: str, fie
 def _first_row_format(raw: Mapping[str, Any], mapped: Mapping[str, Any], where: str, label: str, fmt: str,
                       field_map: Mapping[str, str], *, is_csv: bool) -> str:
     """The format name for a source, checked on its first row (for CSV: on the header)."""
+    reason = DETECT_FAILED
     try:
         missing = [f"{t}={c}" for t, c in field_map.items() if c not in raw]
         if missing:
+            reason = "the field map names a column that is not present"
             raise DataError(f"field map {', '.join(missing)} names column(s) not present; "
                             f"columns present: {', '.join(map(str, raw))}")
         if fmt == "auto":
@@ -159,26 +225,27 @@ def _first_row_format(raw: Mapping[str, Any], mapped: Mapping[str, Any], where: 
         return fmt
     except DataError as e:
         if not is_csv:
-            raise DataError(f"{where}: {e}") from None
+            raise RowError(where, str(e), reason) from None
         raise DataError(
             f"{label} row 1: the header row ({', '.join(map(repr, raw))}) lacks the needed columns: {e} "
             "A CSV file needs a header row naming its columns, e.g. instruction,context,response,category"
         ) from None
 
 
-def _load_file(path: Path, fmt: str, field_map: Mapping[str, str]) -> list[Record]:
+def _load_file(path: Path, how: _Reading) -> list[Record]:
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         raise DataError(f"{path}: unsupported file extension {path.suffix or '(none)'!r}; "
                         f"expected one of: {', '.join(_READERS)}")
     if reader is not _read_csv:
-        return _convert(reader(path), str(path), path.name, fmt, field_map)
+        return _convert(reader(path), str(path), path.name, how)
     header, rows = _read_csv(path)
     if header:  # check it even with no data rows: a lone header-less line must not read as "empty"
         keys = dict.fromkeys(header, "")
-        fmt = _first_row_format(keys, apply_field_map(keys, field_map), f"{path} row 1", str(path), fmt, field_map,
-                                is_csv=True)
-    return _convert(rows, str(path), path.name, fmt, field_map)
+        fmt = _first_row_format(keys, apply_field_map(keys, how.field_map), f"{path} row 1", str(path), how.fmt,
+                                how.field_map, is_csv=True)
+        how = replace(how, fmt=fmt)
+    return _convert(rows, str(path), path.name, how)
 
 
 def _natural_key(path: Path) -> list[Any]:
@@ -186,7 +253,7 @@ def _natural_key(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
-def _load_dir(path: Path, fmt: str, field_map: Mapping[str, str]) -> list[Record]:
+def _load_dir(path: Path, how: _Reading) -> list[Record]:
     entries = sorted(path.iterdir(), key=_natural_key)
     files = [p for p in entries if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _READERS]
     if not files:
@@ -195,7 +262,7 @@ def _load_dir(path: Path, fmt: str, field_map: Mapping[str, str]) -> list[Record
                         f"found {found}")
     records: list[Record] = []
     for file in files:
-        records.extend(_load_file(file, fmt, field_map))
+        records.extend(_load_file(file, how))
     return records
 
 
@@ -225,7 +292,11 @@ def _hf_rows(ds: Any, label: str) -> Iterator[RawRow]:
     return ((f"{label} index {i}", i, row) for i, row in enumerate(ds))
 
 
-def _load_hf_dir(path: Path, fmt: str, field_map: Mapping[str, str], split: str | None) -> list[Record]:
+def _hf_rows(ds: Any, label: str) -> Iterator[RawRow]:
+    return ((f"{label} index {i}", i, row) for i, row in enumerate(ds))
+
+
+def _load_hf_dir(path: Path, how: _Reading, split: str | None) -> list[Record]:
     from datasets import load_from_disk
 
     try:
@@ -234,10 +305,10 @@ def _load_hf_dir(path: Path, fmt: str, field_map: Mapping[str, str], split: str 
         raise DataError(f"{path}: cannot load as a saved Hugging Face dataset ({type(e).__name__}: {e})") from None
     ds, name = _pick_split(ds, split, str(path))
     label = f"{path} split {name!r}"
-    return _convert(_hf_rows(ds, label), label, path.name, fmt, field_map)
+    return _convert(_hf_rows(ds, label), label, path.name, how)
 
 
-def _load_hub(name: str, fmt: str, field_map: Mapping[str, str], split: str | None) -> list[Record]:
+def _load_hub(name: str, how: _Reading, split: str | None) -> list[Record]:
     from datasets import load_dataset
 
     split = split or "train"
@@ -249,7 +320,7 @@ def _load_hub(name: str, fmt: str, field_map: Mapping[str, str], split: str | No
             f"(split {split!r}) failed: {type(e).__name__}: {e}"
         ) from None
     label = f"hub dataset {name!r} split {split!r}"
-    return _convert(_hf_rows(ds, label), label, name, fmt, field_map)
+    return _convert(_hf_rows(ds, label), label, name, how)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -261,7 +332,7 @@ def _looks_like_path(text: str) -> bool:
     )
 
 
-def _load_glob(pattern: str, format: str, fmap: dict[str, str]) -> list[Record]:
+def _load_glob(pattern: str, how: _Reading) -> list[Record]:
     """Files matching a glob pattern, in sorted order (e.g. one file per client: `local_training_*.json`)."""
     import glob
 
@@ -270,22 +341,46 @@ def _load_glob(pattern: str, format: str, fmap: dict[str, str]) -> list[Record]:
         raise DataError(f"{pattern}: no file matches this pattern")
     out: list[Record] = []
     for f in files:
-        out.extend(_load_file(f, format, fmap))
+        out.extend(_load_file(f, how))
     return out
+
+
+def _load_source(text: str, source: str | Path, how: _Reading, split: str | None) -> list[Record]:
+    if text.startswith("hf:"):
+        return _load_hub(text[3:], how, split)
+    if any(c in text for c in "*?[") and not Path(text).exists():
+        return _load_glob(text, how)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if _is_hf_dir(path):
+            return _load_hf_dir(path, how, split)
+        return _load_dir(path, how)
+    if path.is_file():
+        return _load_file(path, how)
+    if path.exists():
+        raise DataError(f"{path}: not a regular file or directory")
+    if isinstance(source, Path) or _looks_like_path(text):
+        raise DataError(f"{path}: file not found; expected a data file ({', '.join(_READERS)}), a directory, "
+                        "a Hugging Face dataset name, or 'builtin'")
+    return _load_hub(text, how, split)
 
 
 # ---------------------------------------------------------------- public API
 
 
 def load_records(source: str | Path, *, format: str = "auto", field_map: Mapping[str, str] | None = None,
-                 split: str | None = None) -> list[Record]:
+                 split: str | None = None, on_invalid: str = "error", report: InvalidRows | None = None
+                 ) -> list[Record]:
     """Load records from "builtin", a data file, a directory of data files, a saved or hub Hugging Face dataset.
 
     `format` is "auto" (detect from the first record's keys, after mapping) or a name in FORMATS; `field_map`
     renames columns ({"instruction": "question"}) before detection; `split` picks a DatasetDict/hub split
-    (default "train"). Raises DataError naming the file, line/row and field for any bad input.
+    (default "train"). `on_invalid="error"` (default) raises DataError naming the file, line/row and field of the
+    first bad row; `"skip"` drops bad rows and counts them per reason in `report` (an `InvalidRows`), and raises
+    only when nothing valid is left. Problems with a whole file (unreadable, truncated JSON, no rows) always raise.
     """
     fmap = check_field_map(field_map)
+    check_on_invalid(on_invalid)
     if format != "auto":
         get_format(format)  # fail on a bad name before reading anything
     text = str(source)
@@ -293,23 +388,16 @@ def load_records(source: str | Path, *, format: str = "auto", field_map: Mapping
         from fedit.data.builtin import builtin_records  # lazy: the suite is generated, not needed for file data
 
         return builtin_records(split or "train")
-    if text.startswith("hf:"):
-        return _load_hub(text[3:], format, fmap, split)
-    if any(c in text for c in "*?[") and not Path(text).exists():
-        return _load_glob(text, format, fmap)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        if _is_hf_dir(path):
-            return _load_hf_dir(path, format, fmap, split)
-        return _load_dir(path, format, fmap)
-    if path.is_file():
-        return _load_file(path, format, fmap)
-    if path.exists():
-        raise DataError(f"{path}: not a regular file or directory")
-    if isinstance(source, Path) or _looks_like_path(text):
-        raise DataError(f"{path}: file not found; expected a data file ({', '.join(_READERS)}), a directory, "
-                        "a Hugging Face dataset name, or 'builtin'")
-    return _load_hub(text, format, fmap, split)
+    skipped = InvalidRows(keep=report.keep if report is not None else 3) if on_invalid == "skip" else None
+    records = _load_source(text, source, _Reading(format, fmap, skipped), split)
+    if skipped is not None:
+        if report is not None:
+            report.merge(skipped)
+        if not records:
+            raise DataError(f"{text}: no valid records left: all {skipped.total} rows were invalid and skipped "
+                            f"({skipped.summary()}; first at {skipped.first()}); expected at least one valid "
+                            "instruction record")
+    return records
 
 
 def write_records(path: str | Path, records: Iterable[Record]) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from fedit.cli.common import console, err_console, user_errors
+from fedit.serve.protocol import DEFAULT_MAX_PROMPT_TOKENS
 
 ADAPTER_HELP = ("A run directory (uses final/), a round directory (round_NNNN), or a PEFT adapter directory; "
                 "NAME=DIR names it. Repeat to serve several adapters (e.g. rounds) on one base.")
@@ -82,23 +83,23 @@ def chat_command(
 
 def _serve(adapter: list[str], model: str | None, template: str | None, host: str, port: int, api_key: str | None,
            include_base: bool, all_rounds: bool, device: str, *, max_tokens: int = 512,
-           max_prompt_tokens: int | None = None, max_body: int = 1 << 20, max_queue: int = 32,
-           log_level: str = "warning", open_page: bool = False) -> None:
+           max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, max_body: int = 1 << 20, max_queue: int = 32,
+           body_timeout: float = 30.0, log_level: str = "warning", open_page: bool = False) -> None:
     from fedit.errors import ConfigError
     from fedit.model.load import quiet_transformers
     from fedit.serve.api import run_server
     from fedit.serve.protocol import Limits
 
     quiet_transformers()
-    if max_tokens < 1 or max_body < 1024 or max_queue < 1 or (max_prompt_tokens is not None and max_prompt_tokens < 1):
+    if max_tokens < 1 or max_body < 1024 or max_queue < 1 or max_prompt_tokens < 1 or not body_timeout > 0:
         raise ConfigError("limits: expected --max-tokens >= 1, --max-body >= 1024, --max-queue >= 1, "
-                          "--max-prompt-tokens >= 1")
+                          "--max-prompt-tokens >= 1, --body-timeout > 0")
     if host not in LOOPBACK and not api_key:
         err_console.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach this "
                           "machine can use the model")
     session = _load(_sources(adapter, model, template, include_base, all_rounds), device)
     limits = Limits(max_body_bytes=max_body, max_tokens=max_tokens, default_max_tokens=min(128, max_tokens),
-                    max_prompt_tokens=max_prompt_tokens, max_queue=max_queue)
+                    max_prompt_tokens=max_prompt_tokens, max_queue=max_queue, body_timeout_s=body_timeout)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}"
     console.print(f"serving {', '.join(session.names)} on {url}/v1 (chat page: {url}/)", highlight=False,
@@ -124,15 +125,25 @@ def serve_command(
     all_rounds: bool = typer.Option(False, "--all-rounds", help="Also serve every saved round of each run directory "
                                                                 "(as NAME-roundN) to compare rounds."),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Largest max_tokens a request may ask for."),
-    max_prompt_tokens: int = typer.Option(None, "--max-prompt-tokens", help="Default: the model's context - 1."),
+    max_prompt_tokens: int = typer.Option(DEFAULT_MAX_PROMPT_TOKENS, "--max-prompt-tokens",
+                                          help="Longest prompt in tokens; longer ones get 400. Never more than the "
+                                               "model's context - 1, whatever is asked."),
     max_body: int = typer.Option(1 << 20, "--max-body", help="Largest request body in bytes."),
     max_queue: int = typer.Option(32, "--max-queue", help="Requests that may wait; more get 503."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout",
+                                       help="Seconds a client has to send its whole request body (then 408)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level (info shows each request)."),
 ) -> None:
-    """Serve adapters over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions, /v1/completions)."""
+    """Serve adapters over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions, /v1/completions).
+
+    One worker generates one request at a time; up to --max-queue more wait, beyond that requests get 503 at once.
+    POSTs must be Content-Type: application/json (415 otherwise). A request is cancelled when its client
+    disconnects. Errors are OpenAI-style JSON with a one-line message.
+    """
     _serve(adapter, model, template, host, port, api_key, include_base, all_rounds, device, max_tokens=max_tokens,
-           max_prompt_tokens=max_prompt_tokens, max_body=max_body, max_queue=max_queue, log_level=log_level)
+           max_prompt_tokens=max_prompt_tokens, max_body=max_body, max_queue=max_queue, body_timeout=body_timeout,
+           log_level=log_level)
 
 
 @user_errors

@@ -6,6 +6,7 @@ with its own seed set right before it runs, so concurrent requests give exactly 
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import random
 import threading
@@ -195,13 +196,22 @@ class QueueFull(Exception):
 
 
 class GenerationWorker:
-    """A single thread that runs queued jobs in arrival order (the model is not safe to share across threads)."""
+    """A single thread that runs queued jobs in arrival order (the model is not safe to share across threads).
+
+    `stats` counts what happened to the jobs (done, cancelled before or during generation, failed); /health shows it.
+    """
 
     def __init__(self, session: ModelSession, max_queue: int = 32) -> None:
         self.session = session
+        self.max_queue = max_queue
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.stats = {"done": 0, "cancelled": 0, "failed": 0}
+        self.current: Job | None = None  # the job being generated (or waiting for the model lock)
         self.thread = threading.Thread(target=self._loop, name="fedit-generate", daemon=True)
         self.thread.start()
+
+    def full(self) -> bool:
+        return self.jobs.full()
 
     def submit(self, job: Job) -> None:
         try:
@@ -215,15 +225,30 @@ class GenerationWorker:
 
     def _loop(self) -> None:
         while (job := self.jobs.get()) is not None:
-            if job.cancel.is_set():
+            if job.cancel.is_set():  # its client went away while it waited
+                self.stats["cancelled"] += 1
                 continue
-            try:
-                reason, usage = generate_stream(self.session, job.name, job.prompt_ids, job.settings,
-                                                lambda text, job=job: job.emit(("delta", text)), job.stops,
-                                                job.cancel, job.lstrip)
-                job.emit(("done", reason, usage))
-            except Exception as e:  # report to the request; the worker keeps serving others
-                job.emit(("error", f"{type(e).__name__}: {e}"))
+            self.current = job
+            self._run(job)
+            self.current = None
+
+    def _run(self, job: Job) -> None:
+        try:
+            reason, usage = generate_stream(self.session, job.name, job.prompt_ids, job.settings,
+                                            lambda text: job.emit(("delta", text)), job.stops, job.cancel,
+                                            job.lstrip)
+        except Exception as e:  # report to the request; the worker keeps serving others
+            self.stats["failed"] += 1
+            _emit_quietly(job, ("error", f"{type(e).__name__}: {e}"))
+            return
+        self.stats["cancelled" if reason == "cancelled" else "done"] += 1
+        _emit_quietly(job, ("done", reason, usage))
+
+
+def _emit_quietly(job: Job, ev: Event) -> None:
+    """Deliver a final event; a consumer that is gone (closed event loop) must not stop the worker thread."""
+    with contextlib.suppress(Exception):
+        job.emit(ev)
 
 
 def iter_generate(session: ModelSession, name: str, prompt_ids: list[int], settings: GenerationSettings,

@@ -11,18 +11,45 @@ from typing import Any
 
 from fedit.generation import GenerationSettings
 
+DEFAULT_MAX_PROMPT_TOKENS = 8192
+MAX_JSON_DEPTH = 32  # OpenAI requests nest 4 deep (body > messages > message > content part); 32 is generous
+MAX_MESSAGE_CHARS = 300  # error messages echo at most this much (one line, never the whole bad value)
+
 
 @dataclass
 class Limits:
     """What one request may ask for; enforced before it is queued."""
 
     max_body_bytes: int = 1 << 20  # 1 MiB of JSON
+    body_timeout_s: float = 30.0  # the whole body must arrive within this (a client that stalls gets 408)
     max_tokens: int = 512  # per request (max_tokens / max_completion_tokens)
     default_max_tokens: int = 128
-    max_prompt_tokens: int | None = None  # None = the model's context length minus 1
+    max_prompt_tokens: int | None = DEFAULT_MAX_PROMPT_TOKENS  # None = the model's context length minus 1
     max_messages: int = 256
     max_stop: int = 4
+    max_stop_chars: int = 256  # per stop string
     max_queue: int = 32  # waiting requests; more get 503
+
+
+def prompt_token_limit(limits: Limits, context_len: int) -> int:
+    """The longest prompt accepted: the configured cap (8192 by default), never above the context minus 1."""
+    room = max(1, context_len - 1)
+    return room if limits.max_prompt_tokens is None else min(limits.max_prompt_tokens, room)
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` on one line (whitespace runs become one space), cut to `limit` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
+
+
+def show(value: Any, limit: int = 80) -> str:
+    """A short JSON rendering of a client's value for an error message (never the whole of a huge value)."""
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError, RecursionError):
+        text = type(value).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class APIError(Exception):
@@ -30,6 +57,7 @@ class APIError(Exception):
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  type_: str | None = None) -> None:
+        message = one_line(message)
         super().__init__(message)
         self.status = status
         self.message = message
@@ -45,14 +73,50 @@ def bad(message: str, param: str | None = None, code: str | None = None) -> APIE
     return APIError(400, message, param, code)
 
 
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of parsed JSON, counted without recursion and given up on past `limit`."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if not isinstance(v, (dict, list)):
+            continue
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
 def parse_json(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object; anything else (bad UTF-8, bad JSON, too deep, not an object) is a 400."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise bad(f"request body is not valid UTF-8 (byte {e.start}: {e.reason})", code="invalid_json") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
         raise bad(f"request body is not valid JSON ({e})", code="invalid_json") from None
+    except RecursionError:
+        raise bad(f"request body is nested too deeply (more than {MAX_JSON_DEPTH} levels)",
+                  code="invalid_json") from None
+    except ValueError as e:  # e.g. an integer literal longer than Python converts (4300 digits)
+        raise bad(f"request body is not acceptable JSON ({e})", code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad(f"request body must be a JSON object, got {type(data).__name__}")
+    if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise bad(f"request body is nested too deeply (more than {MAX_JSON_DEPTH} levels)", code="invalid_json")
     return data
+
+
+def text_value(value: str, where: str) -> str:
+    """`value` if it is valid Unicode: JSON escapes can smuggle in unpaired surrogates, which no tokenizer encodes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise bad(f"{where} contains an unpaired surrogate (U+{ord(value[e.start]):04X}); send valid Unicode",
+                  param=where) from None
+    return value
 
 
 def _number(data: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
@@ -60,7 +124,7 @@ def _number(data: dict[str, Any], key: str, default: float, lo: float, hi: float
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise bad(f"{key} must be a number, got {json.dumps(v)}", param=key)
+        raise bad(f"{key} must be a number, got {show(v)}", param=key)
     if not lo <= v <= hi:
         raise bad(f"{key} must be between {lo:g} and {hi:g}, got {v}", param=key)
     return float(v)
@@ -71,7 +135,7 @@ def _int(data: dict[str, Any], key: str, default: int | None, lo: int, hi: int) 
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, int):
-        raise bad(f"{key} must be an integer, got {json.dumps(v)}", param=key)
+        raise bad(f"{key} must be an integer, got {show(v)}", param=key)
     if not lo <= v <= hi:
         raise bad(f"{key} must be between {lo} and {hi}, got {v}", param=key)
     return v
@@ -96,9 +160,9 @@ def _model(data: dict[str, Any], models: list[str]) -> str:
     if m is None:
         raise bad("missing required parameter: model", param="model")
     if not isinstance(m, str):
-        raise bad(f"model must be a string, got {json.dumps(m)}", param="model")
+        raise bad(f"model must be a string, got {show(m)}", param="model")
     if m not in models:
-        raise APIError(404, f"the model {m!r} does not exist; available: {', '.join(models)}", param="model",
+        raise APIError(404, f"the model {show(m)} does not exist; available: {', '.join(models)}", param="model",
                        code="model_not_found")
     return m
 
@@ -124,22 +188,31 @@ def _common(data: dict[str, Any], models: list[str], limits: Limits) -> GenReque
     if stream is None:
         stream = False
     if not isinstance(stream, bool):
-        raise bad(f"stream must be a boolean, got {json.dumps(stream)}", param="stream")
-    stop = data.get("stop")
-    stops: list[str]
-    if stop is None:
-        stops = []
-    elif isinstance(stop, str):
-        stops = [stop]
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= limits.max_stop:
-        stops = list(stop)
-    else:
-        raise bad(f"stop must be a string or a list of at most {limits.max_stop} strings", param="stop")
+        raise bad(f"stream must be a boolean, got {show(stream)}", param="stream")
+    stops = _stops(data.get("stop"), limits)
     opts = data.get("stream_options")
     if opts is not None and not isinstance(opts, dict):
         raise bad("stream_options must be an object", param="stream_options")
-    include_usage = bool((opts or {}).get("include_usage", False))
+    include_usage = (opts or {}).get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise bad(f"stream_options.include_usage must be a boolean, got {show(include_usage)}",
+                  param="stream_options.include_usage")
     return GenRequest(model, settings, stream, [s for s in stops if s], include_usage, max_tokens_given=given)
+
+
+def _stops(stop: Any, limits: Limits) -> list[str]:
+    """The stop strings: a string or a list of at most `max_stop`, each at most `max_stop_chars` long."""
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > limits.max_stop:
+        raise bad(f"stop must be a string or a list of at most {limits.max_stop} strings", param="stop")
+    for i, s in enumerate(stops):
+        if len(s) > limits.max_stop_chars:
+            raise bad(f"stop[{i}] is {len(s)} characters long; at most {limits.max_stop_chars} are allowed",
+                      param="stop")
+        text_value(s, "stop")
+    return list(stops)
 
 
 def parse_chat(data: dict[str, Any], models: list[str], limits: Limits) -> GenRequest:
@@ -154,12 +227,12 @@ def parse_chat(data: dict[str, Any], models: list[str], limits: Limits) -> GenRe
     for i, m in enumerate(msgs):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
-            raise bad(f"{where} must be an object, got {json.dumps(m)[:80]}", param=where)
+            raise bad(f"{where} must be an object, got {show(m)}", param=where)
         role = m.get("role")
         if role == "developer":  # newer OpenAI clients send the system prompt under this role
             role = "system"
         if role not in ("system", "user", "assistant"):
-            raise bad(f"{where}.role must be one of system, user, assistant, got {json.dumps(role)}",
+            raise bad(f"{where}.role must be one of system, user, assistant, got {show(role)}",
                       param=f"{where}.role")
         out.append({"role": role, "content": _content(m.get("content"), f"{where}.content")})
     if out[-1]["role"] != "user":
@@ -172,11 +245,11 @@ def parse_chat(data: dict[str, Any], models: list[str], limits: Limits) -> GenRe
 def _content(c: Any, where: str) -> str:
     """A message's text: a string, or OpenAI's list of {"type": "text", "text": ...} parts."""
     if isinstance(c, str):
-        return c
+        return text_value(c, where)
     if isinstance(c, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                                    for p in c):
-        return "".join(p["text"] for p in c)
-    raise bad(f"{where} must be a string or a list of text parts, got {json.dumps(c)[:80]}", param=where)
+        return text_value("".join(p["text"] for p in c), where)
+    raise bad(f"{where} must be a string or a list of text parts, got {show(c)}", param=where)
 
 
 def parse_completion(data: dict[str, Any], models: list[str], limits: Limits) -> GenRequest:
@@ -190,7 +263,7 @@ def parse_completion(data: dict[str, Any], models: list[str], limits: Limits) ->
     if data.get("echo"):
         raise bad("echo is not supported", param="echo")
     req = _common(data, models, limits)
-    req.prompt = prompt
+    req.prompt = text_value(prompt, "prompt")
     return req
 
 

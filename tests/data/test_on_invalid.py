@@ -153,3 +153,22 @@ def test_unknown_on_invalid_value(tmp_path: Path) -> None:
     path = _lines(tmp_path / "d.jsonl", [json.dumps(GOOD)])
     with pytest.raises(DataError, match="on_invalid: got 'ignore', expected 'error' or 'skip'"):
         load_records(path, on_invalid="ignore")
+
+
+def test_data_inspect_reports_what_it_skipped(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedit.cli import app
+
+    path = _mixed_jsonl(tmp_path / "m.jsonl")
+    r = CliRunner().invoke(app, ["data", "inspect", str(path), "--on-invalid", "skip"])
+    assert r.exit_code == 0, r.output
+    out = r.stdout.splitlines()
+    assert f"{path}: 3 records" in r.stdout
+    assert "skipped 7 invalid rows (data.on_invalid = 'skip'):" in out
+    assert f"  4 x field 'response' is missing: {path} line 2, {path} line 7, {path} line 9, ..." in out
+    assert f"  1 x malformed JSON: {path} line 3" in out
+    r = CliRunner().invoke(app, ["data", "inspect", str(path)])
+    assert r.exit_code == 2 and r.stderr.startswith(f"error: {path} line 2: field 'response' is missing")
+    r = CliRunner().invoke(app, ["data", "inspect", str(path), "--on-invalid", "drop"])
+    assert r.exit_code == 2 and "--on-invalid: got 'drop', expected one of: error, skip" in r.stderr

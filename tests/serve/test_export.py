@@ -49,7 +49,9 @@ def test_export_merged_matches_adapter(tiny_dir: Path, tiny_run: Path, tmp_path:
 def test_export_refuses_non_empty_out(tiny_run: Path, tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("x")
     res = CliRunner().invoke(app, ["export", "--adapter", str(tiny_run / "round_0001"), "--out", str(tmp_path)])
-    assert res.exit_code == 2 and "not empty" in res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output  # one line however long the temp path is
+    assert lines[0].startswith("error: --out ") and str(tmp_path) in lines[0] and "not empty" in lines[0]
     assert (tmp_path / "keep.txt").exists()
 
 

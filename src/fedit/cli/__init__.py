@@ -7,6 +7,7 @@ import importlib
 import typer
 
 from fedit.cli import data as data_cli
+from fedit.cli.common import OneLineErrors
 from fedit.cli.run import partition_command, run_command
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,
 )
 app.command("run")(run_command)
 app.command("partition")(partition_command)

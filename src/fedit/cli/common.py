@@ -8,15 +8,40 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from fedit.errors import FeditError
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+
+class LogConsole(Console):
+    """A rich console that never hard-wraps text when its output is not a terminal (a log file, a pipe, CI).
+
+    Rich wraps at 80 columns when it cannot ask a terminal for its width, so one error line came out as two in logs.
+    Decided at each print (tests swap the streams); tables keep their layout either way.
+    """
+
+    @property  # type: ignore[override]
+    def soft_wrap(self) -> bool:
+        return self._soft_wrap or not self.is_terminal
+
+    @soft_wrap.setter
+    def soft_wrap(self, value: bool) -> None:
+        self._soft_wrap = value
+
+
+console = LogConsole(stderr=False)
+err_console = LogConsole(stderr=True)
+
+
+def print_error(message: object) -> None:
+    """One `error: ...` line on stderr; the message is text, never rich markup (paths and data may hold [ ])."""
+    err_console.print(f"[bold red]error:[/] {escape(str(message))}", highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,13 +54,45 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except FeditError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+            print_error(e)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: finished rounds are saved; continue with --resume")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class OneLineErrors(TyperGroup):
+    """The root command group: a usage error (a bad option value, an unknown option, a missing one) is one
+    `error: ...` line naming the option and the command's --help, exit code 2, like every other fedit error, instead
+    of typer's boxed panel (which is also hard-wrapped at 80 columns in logs)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as e:
+            if type(e).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+                print_error(usage_message(e))
+            sys.exit(e.exit_code)
+        except click.Abort:
+            print_error("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_message(e: click.ClickException) -> str:
+    ctx = getattr(e, "ctx", None)
+    hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    return " ".join(e.format_message().split()) + hint
+
+
+def print_invalid(report: Any) -> None:
+    """What `--on-invalid skip` dropped (a `fedit.data.invalid.InvalidRows`): a count per reason, first locations."""
+    for line in report.lines():
+        console.print(f"[yellow]{escape(line)}[/]", highlight=False)
 
 
 def config_table(d: dict[str, dict[str, Any]], title: str = "resolved config") -> Table:
@@ -97,7 +154,7 @@ class RichReporter:
         )
 
     def log(self, message: str) -> None:
-        self.progress.console.print(f"[yellow]{message}[/]", highlight=False)
+        self.progress.console.print(f"[yellow]{escape(message)}[/]", highlight=False)
 
 
 def parse_kv(items: list[str] | None, what: str) -> dict[str, str]:
@@ -108,6 +165,12 @@ def parse_kv(items: list[str] | None, what: str) -> dict[str, str]:
             raise FeditError(f"{what}: expected KEY=VALUE, got {item!r}")
         out[key.strip()] = value.strip()
     return out
+
+
+def one_of(value: str, option: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise FeditError(f"{option}: got {value!r}, expected one of: {', '.join(choices)}")
+    return value
 
 
 def existing_path(p: Path | None, what: str) -> Path | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fedit.cli.common import console, parse_kv, user_errors
+from fedit.cli.common import console, one_of, parse_kv, print_invalid, user_errors
 
 app = typer.Typer(help="Inspect and export instruction data.", no_args_is_help=True)
 
@@ -43,16 +43,22 @@ def inspect_command(
     source: str = typer.Argument(..., help="Any data source `fedit run --data` accepts."),
     format: str = typer.Option("auto", "--format"),
     field: list[str] = typer.Option(None, "--field"),
+    on_invalid: str = typer.Option("error", help="Bad rows: error (stop at the first, naming file/line/field) | "
+                                                 "skip (drop them and report what was dropped)."),
 ) -> None:
     """Load data with the same loader as training and show counts per category and an example."""
-    _inspect(source, format, field)
+    _inspect(source, format, field, on_invalid)
 
 
 @user_errors
-def _inspect(source: str, format: str, field: list[str] | None) -> None:
+def _inspect(source: str, format: str, field: list[str] | None, on_invalid: str) -> None:
+    from fedit.data.invalid import ON_INVALID, InvalidRows
     from fedit.data.sources import load_records
 
-    records = load_records(source, format=format, field_map=parse_kv(field, "--field"))
+    one_of(on_invalid, "--on-invalid", ON_INVALID)
+    report = InvalidRows()
+    records = load_records(source, format=format, field_map=parse_kv(field, "--field"), on_invalid=on_invalid,
+                           report=report)
     counts = Counter(r.category or "(none)" for r in records)
     t = Table(title=f"{source}: {len(records)} records")
     t.add_column("category")
@@ -62,3 +68,5 @@ def _inspect(source: str, format: str, field: list[str] | None) -> None:
     console.print(t)
     if records:
         console.print(records[0].to_dict())
+    if on_invalid == "skip":
+        print_invalid(report)

@@ -60,19 +60,22 @@ def test_refuses_non_empty_out_and_foreign_resume(micro_model_dir: Path, small_d
     out = tmp_path / "busy"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(CheckpointError, match="not empty; pass --overwrite"):
+    with pytest.raises(CheckpointError, match="not empty and is not a fedit output directory"):
         pipeline.run(small_config(micro_model_dir, small_data_file, out, 1))
     assert (out / "keep.txt").exists()
     with pytest.raises(CheckpointError, match="not a fedit run directory"):
         pipeline.run(small_config(micro_model_dir, small_data_file, out, 1), resume=out)
     done = tmp_path / "done"
     pipeline.run(small_config(micro_model_dir, small_data_file, done, 1))
-    (done / "round_0001" / "adapter" / "adapter_model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="unreadable adapter weights"):
-        pipeline.run(small_config(micro_model_dir, small_data_file, done, 2), resume=done)
     other = small_config(micro_model_dir, small_data_file, done, 2).override({"partition.clients": 3})
-    with pytest.raises(CheckpointError, match="data differs"):
+    with pytest.raises(CheckpointError, match="partition.clients: saved 4, now 3"):
         pipeline.run(other, resume=done)
+    changed = tmp_path / "changed.jsonl"  # same settings, other records: the fingerprint tells
+    changed.write_text(small_data_file.read_text().replace("Answer 1 ", "Answer one "))
+    moved = small_config(micro_model_dir, changed, done, 2)
+    (done / "config.toml").write_text(moved.to_toml())
+    with pytest.raises(CheckpointError, match="data differs"):
+        pipeline.run(moved, resume=done)
 
 
 @pytest.mark.slow

@@ -10,10 +10,8 @@ import typer
 from rich.table import Table
 
 from fedit.cli.common import RichReporter, config_table, console, parse_kv, user_errors
-from fedit.config import Config
+from fedit.config import RESUMABLE, Config
 from fedit.errors import ConfigError
-
-RESUMABLE_OVERRIDES = {"run.rounds", "run.eval_every", "run.eval_limit"}
 
 # `fedit run` option name -> config key; `fedit experiment` takes the same options through this one map.
 RUN_OPTION_KEYS: dict[str, str] = {
@@ -167,10 +165,11 @@ def _run(config: Path | None, overrides: dict[str, Any], resume: Path | None, ov
 
     if resume is not None:
         given = {k for k, v in overrides.items() if v is not None}
-        if config is not None or given - RESUMABLE_OVERRIDES:
-            bad = sorted(given - RESUMABLE_OVERRIDES) or ["--config"]
-            raise ConfigError(f"--resume continues a run with its saved settings; only --rounds, --eval-every and "
-                              f"--eval-limit may change (got {', '.join(bad)})")
+        if config is not None or given - RESUMABLE:
+            bad = sorted(given - RESUMABLE) or ["--config"]
+            allowed = [f"--{o.replace('_', '-')}" for o, k in RUN_OPTION_KEYS.items() if k in RESUMABLE]
+            raise ConfigError(f"--resume continues a run with its saved settings; only {', '.join(allowed)} may "
+                              f"change (got {', '.join(bad)})")
         saved = resume / "config.toml"
         if not saved.is_file():
             raise ConfigError(f"cannot resume: {resume} is not a fedit run directory (no config.toml)")
@@ -216,16 +215,11 @@ def partition_command(
 @user_errors
 def _partition(data: str, clients: int, scheme: str, alpha: float, field_name: str | None, min_size: int | None,
                test_size: int, format: str, field: list[str] | None, seed: int, out: Path, overwrite: bool) -> None:
-    import shutil
-
     from fedit.data.sources import load_records
-    from fedit.errors import CheckpointError
+    from fedit.outdir import check_output_dir, replace_output_dir
     from fedit.partition import partition, split_test, stats_table, write_partition
 
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise CheckpointError(f"output directory {out} is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
+    check_output_dir(out, overwrite, "--out")  # refuse before reading anything; delete only once it is all done
     t0 = time.perf_counter()
     records = load_records(data, format=format, field_map=parse_kv(field, "--field"))
     test_records = []
@@ -234,6 +228,7 @@ def _partition(data: str, clients: int, scheme: str, alpha: float, field_name: s
         test_records = [records[i] for i in test_idx]
         records = [records[i] for i in train_idx]
     parts = partition(records, clients, scheme, seed=seed, alpha=alpha, min_size=min_size, field=field_name)
+    replace_output_dir(out, overwrite, "partition", "--out")
     stats = write_partition(out, records, parts, test_records, scheme=scheme, seed=seed, alpha=alpha)
     console.print(stats_table(stats))
     console.print(f"{len(parts)} clients, {len(records)} training and {len(test_records)} held-out records "

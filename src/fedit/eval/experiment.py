@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -31,7 +30,8 @@ from fedit.atomic import write_json as atomic_write_json
 from fedit.atomic import write_text as atomic_write_text
 from fedit.config import Config
 from fedit.data.tokenize import TokenizedData
-from fedit.errors import CheckpointError, ConfigError
+from fedit.errors import ConfigError
+from fedit.outdir import replace_output_dir
 from fedit.server.checkpoint import RunStore
 
 Log = Callable[[str], None]
@@ -126,12 +126,7 @@ def run_experiment(cfg: Config, out: str | Path, *, overwrite: bool = False, rep
     local_rounds(cfg, cfg.partition.clients, local_compute)  # reject a bad choice before any training
     if cfg.run.engine != "simulation":
         raise ConfigError(f"run.engine={cfg.run.engine!r}: the experiment runs in the in-process simulator only")
-    root = Path(out)
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise CheckpointError(f"output directory {root} is not empty; pass --overwrite to replace it")
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
+    root = replace_output_dir(out, overwrite, "experiment", "--out")
     t_start = time.perf_counter()
 
     # (a) FedIT: the ordinary run, in its own run directory.

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 from fedit.atomic import staged_dir, write_json
 from fedit.errors import ConfigError
+from fedit.outdir import check_output_dir, write_marker
 from fedit.serve.session import AdapterSource
 
 
@@ -25,10 +25,7 @@ def export_merged(source: AdapterSource, out: str | Path, dtype: str = "float32"
     if source.path is None:
         raise ConfigError("export needs an adapter, not the bare base")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"--out {out} is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
+    check_output_dir(out, overwrite, "--out")  # only a fedit output may be replaced, and only once this one is done
     target = pick_dtype(dtype, torch.device("cpu"))
     base, tokenizer = load_base(ModelConfig(name=source.base, device="cpu", dtype="float32"))
     try:
@@ -43,4 +40,5 @@ def export_merged(source: AdapterSource, out: str | Path, dtype: str = "float32"
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         write_json(tmp / "fedit_export.json", meta)
+        write_marker(tmp, "export")
     return out

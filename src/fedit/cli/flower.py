@@ -25,16 +25,18 @@ def app_command(
     run_dir: str = typer.Option(None, help="Run directory on the SuperLink host (default: run.out of the config)."),
     num_clients: int = typer.Option(0, help="Logical clients expected across all SuperNodes (0 = what they report)."),
     min_nodes: int = typer.Option(1, help="SuperNodes to wait for before the first round."),
-    round_timeout: float = typer.Option(3600.0, help="Seconds a round waits for a node before dropping it."),
+    round_timeout: float = typer.Option(3600.0, help="The most seconds a round may take; late nodes are dropped."),
+    round_grace: float = typer.Option(5.0, help="Once min_clients updates are in (after t s), wait max(this, t) "
+                                      "s more for the others."),
     overwrite: bool = typer.Option(False, help="Replace an existing app directory."),
 ) -> None:
     """Write a Flower app directory (pyproject.toml with \\[tool.flwr.app]) for `flwr run`."""
-    _app(config, out, run_dir, num_clients, min_nodes, round_timeout, overwrite)
+    _app(config, out, run_dir, num_clients, min_nodes, round_timeout, round_grace, overwrite)
 
 
 @user_errors
 def _app(config: Path, out: Path, run_dir: str | None, num_clients: int, min_nodes: int, round_timeout: float,
-         overwrite: bool) -> None:
+         round_grace: float, overwrite: bool) -> None:
     from fedit.config import Config
     from fedit.engines.flower.appdir import write_app
     from fedit.errors import ConfigError
@@ -42,7 +44,8 @@ def _app(config: Path, out: Path, run_dir: str | None, num_clients: int, min_nod
     cfg = Config.from_file(config)
     if (out / "pyproject.toml").exists() and not overwrite:
         raise ConfigError(f"{out / 'pyproject.toml'} exists; pass --overwrite to replace it")
-    settings: dict[str, Any] = {"num-clients": num_clients, "min-nodes": min_nodes, "round-timeout": round_timeout}
+    settings: dict[str, Any] = {"num-clients": num_clients, "min-nodes": min_nodes, "round-timeout": round_timeout,
+                                "round-grace": round_grace}
     if run_dir:
         settings["out"] = run_dir
     write_app(out, cfg, settings)
@@ -83,9 +86,11 @@ def _node(superlink: str, data_dir: Path, clients: str | None, root_certificates
     import subprocess
     import sys
     import tempfile
+    import time
 
     from fedit.engines.flower.launcher import FLOWER_ENV, _bin, stop_process
     from fedit.engines.flower.node import client_files
+    from fedit.engines.flower.supervise import Restarting
     from fedit.errors import ConfigError
 
     if not insecure and root_certificates is None:
@@ -97,13 +102,15 @@ def _node(superlink: str, data_dir: Path, clients: str | None, root_certificates
         node_config["model"] = model
     hosted = sorted(client_files(node_config))
     env = dict(os.environ) | FLOWER_ENV
-    procs = []
+    procs: list[subprocess.Popen] = []
+    worker: Restarting | None = None
     try:
-        if warm:
+        if warm:  # restarted whenever it exits; meanwhile the ClientApps train in-process
             sock = Path(tempfile.mkdtemp(prefix="fedit-node-")) / "worker.sock"
             node_config["worker"] = str(sock)
-            procs.append(subprocess.Popen([sys.executable, "-m", "fedit.engines.flower.worker", str(sock)], env=env,
-                                          start_new_session=True))
+            worker = Restarting("node worker", lambda: subprocess.Popen(
+                [sys.executable, "-m", "fedit.engines.flower.worker", str(sock)], env=env, start_new_session=True),
+                console.print)
         cmd = [_bin("flower-supernode"), "--superlink", superlink, "--host", "127.0.0.1", "--port", str(port),
                "--node-config", " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())]
         cmd += ["--insecure"] if insecure else ["--root-certificates", str(root_certificates)]
@@ -112,12 +119,18 @@ def _node(superlink: str, data_dir: Path, clients: str | None, root_certificates
         console.print(f"SuperNode for clients {hosted} -> {superlink} ({'warm worker' if warm else 'cold'})")
         node = subprocess.Popen(cmd, env=env, start_new_session=True)
         procs.append(node)
-        node.wait()
+        while node.poll() is None:
+            if worker is not None:
+                worker.check()
+            time.sleep(1.0)
     except KeyboardInterrupt:
         pass
     finally:
         for p in reversed(procs):
             stop_process(p)
+        if worker is not None:
+            for p in [worker.proc, *worker.retired]:
+                stop_process(p)
 
 
 @flower_app.command("certs")

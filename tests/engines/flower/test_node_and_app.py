@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-import tomllib
+import torch
 
 pytest.importorskip("flwr")
 
-from fedit.config import Config  # noqa: E402
+from fedit.config import Config, tomllib  # noqa: E402 - tomllib, or tomli on 3.10
 from fedit.engines.flower.appdir import CLIENT_APP, SERVER_APP, write_app  # noqa: E402
 from fedit.engines.flower.launcher import FLOWER_ENV, _bin, write_node_data  # noqa: E402
 from fedit.engines.flower.node import client_files, parse_client_ids  # noqa: E402
@@ -55,3 +56,75 @@ def test_app_dir_carries_the_config_and_builds_with_flwr(tmp_path: Path) -> None
                          text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert list(tmp_path.glob("*.fab")), res.stdout
+
+
+# ---- the node's train-and-report loop: lazy per-client data, faults, deadlines ----------------------------------
+@pytest.fixture(scope="module")
+def node(micro_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A node hosting clients 0..3 on the micro model; client 3's file is empty."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[2]))
+    from conftest import make_records
+
+    from fedit.engines.flower.node import get_worker
+
+    records = make_records(16)
+    (d,) = write_node_data([records[i::4] for i in range(4)], 1, tmp_path_factory.mktemp("node"))
+    (d / "client_003.jsonl").write_text("")
+    cfg = Config().override({"model.name": str(micro_model_dir), "data.cutoff_len": 64, "client.local_steps": 1,
+                             "client.batch_size": 2, "client.micro_batch_size": 2})
+    node_config = {"data-dir": str(d)}
+    worker = get_worker(cfg, node_config)
+    return cfg, node_config, worker, worker.bundle.trainer.slots.get()
+
+
+def test_discovery_and_the_worker_read_no_record_until_a_client_trains(node) -> None:
+    from fedit.engines.flower.node import NodeWorker
+
+    cfg, node_config, _, _ = node
+    assert sorted(client_files(node_config)) == [0, 1, 2, 3]  # the empty file is listed: ids come from names
+    fresh = NodeWorker(cfg, node_config)
+    assert fresh.clients == [0, 1, 2, 3] and fresh._data == {}
+
+
+def test_one_bad_client_file_fails_that_client_alone_every_round(node, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedit.data.sources as sources
+    from fedit.engines.flower.node import train_clients
+
+    cfg, node_config, worker, params = node
+    worker._data.clear()
+    loads: list[str] = []
+    real = sources.load_records
+    monkeypatch.setattr(sources, "load_records", lambda p, **kw: (loads.append(Path(p).name), real(p, **kw))[1])
+    for r in (1, 2):
+        report = train_clients(cfg, node_config, r, [0, 3], params, time.time() + 60)
+        assert [u.client_id for u in report.updates] == [0]
+        assert list(report.failed) == [3] and "client_003.jsonl is empty" in report.failed[3]
+    assert loads == ["client_000.jsonl", "client_003.jsonl"]  # each file read once; the error is kept too
+
+
+def test_faults_are_applied_by_the_node_loop(node) -> None:
+    from fedit.engines.flower.node import NodeHeld, train_clients
+
+    cfg, node_config, worker, params = node
+    faulty = cfg.override({"run.faults": ["crash@1:0", "nan@1:1", "lie@1:2=77", "slow@2:1=0.5", "hang@3:2"]})
+    report = train_clients(faulty, node_config, 1, [0, 1, 2], params, time.time() + 60)
+    assert list(report.failed) == [0] and report.failed[0].startswith("InjectedFault: injected fault crash@1:0")
+    by_id = {u.client_id: u for u in report.updates}
+    assert torch.isnan(next(iter(by_id[1].params.values()))).any() and by_id[2].num_examples == 77
+    t0 = time.perf_counter()
+    report = train_clients(faulty, node_config, 2, [1], params, time.time() + 60)
+    assert time.perf_counter() - t0 >= 0.5 and [u.client_id for u in report.updates] == [1]
+    deadline = time.time() + 0.3
+    with pytest.raises(NodeHeld, match="held round 3 past its deadline"):  # the whole node holds the message
+        train_clients(faulty, node_config, 3, [1, 2], params, deadline)
+    assert time.time() >= deadline + 1.0
+
+
+def test_clients_not_started_before_the_deadline_are_reported(node) -> None:
+    from fedit.engines.flower.node import train_clients
+
+    cfg, node_config, worker, params = node
+    report = train_clients(cfg, node_config, 1, [0, 1], params, time.time() - 1)
+    assert not report.updates and all("deadline passed" in r for r in report.failed.values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -9,7 +11,15 @@ pytest.importorskip("flwr")
 from flwr.app import Array, RecordDict  # noqa: E402
 
 from fedit.engines.flower.codec import npy_bytes, npy_load, numpy_to_tensor, tensor_to_numpy  # noqa: E402
-from fedit.engines.flower.records import get_params, get_update, put_params, put_raw_update, put_update  # noqa: E402
+from fedit.engines.flower.records import (  # noqa: E402
+    get_params,
+    get_update,
+    put_params,
+    put_raw_update,
+    put_update,
+    raw_params,
+)
+from fedit.engines.flower.worker import decode_params, encode_update  # noqa: E402
 from fedit.types import ClientUpdate  # noqa: E402
 
 
@@ -61,19 +71,17 @@ def test_client_update_round_trip_cold_and_warm_paths() -> None:
     assert (back.client_id, back.num_examples, back.metrics) == (3, 17, u.metrics)
     _same_bits(u.params, back.params)
 
-    # the warm worker's raw form: header + .npy buffers, turned into records without torch
-    entry = {"client": 3, "num_examples": 17, "metrics": u.metrics, "keys": [], "shapes": [], "wire_dtypes": [],
-             "dtypes": {}}
-    buffers = []
-    for k, t in u.params.items():
-        arr, entry["dtypes"][k] = tensor_to_numpy(t)
-        entry["keys"].append(k)
-        entry["shapes"].append(list(arr.shape))
-        entry["wire_dtypes"].append(str(arr.dtype))
-        buffers.append(npy_bytes(arr))
+    # the warm worker's socket form (the worker's own encoder), turned into records without torch
+    entry, buffers = encode_update(u)
+    entry = json.loads(json.dumps(entry))  # the header crosses the socket as JSON
     rd2 = RecordDict()
     put_raw_update(rd2, entry, buffers)
-    _same_bits(u.params, get_update(rd2, 3).params)
+    back2 = get_update(rd2, 3)
+    assert (back2.client_id, back2.num_examples, back2.metrics) == (3, 17, u.metrics)
+    _same_bits(u.params, back2.params)
+    # and what a global adapter looks like on the worker's side of the socket
+    keys, dtypes, raw = raw_params(rd, "client.3")
+    _same_bits(u.params, decode_params(keys, dtypes, raw))
 
 
 def test_unknown_dtype_is_refused() -> None:

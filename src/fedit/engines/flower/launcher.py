@@ -2,8 +2,9 @@
 
 Everything stays on 127.0.0.1 with a private FLWR_HOME, telemetry, update checks and runtime dependency
 installation off. Each SuperNode gets its own data directory holding only its clients' files, and (by default) a
-warm node worker that keeps the base model loaded across rounds. Processes are started in their own process
-groups and stopped by the PIDs started here, with bounded waits.
+warm node worker that keeps the base model loaded across rounds; a worker that exits is restarted (supervise.py)
+while the ClientApps train in-process, any other process that exits ends the run. Processes are started in their
+own process groups and stopped by the PIDs started here, with bounded waits.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from fedit.config import Config
+from fedit.engines.flower.protocol import RUN_CONFIG_DEFAULTS
+from fedit.engines.flower.supervise import Restarting
 from fedit.errors import ClientError, ConfigError, FeditError
 
 FLOWER_ENV = {
@@ -38,6 +41,20 @@ CONNECTION = "fedit-local"
 def flower_env(flwr_home: Path) -> dict[str, str]:
     env = dict(os.environ) | FLOWER_ENV | {"FLWR_HOME": str(flwr_home), "PYTHONUNBUFFERED": "1"}
     return env
+
+
+def thread_env(threads: int | None) -> dict[str, str]:
+    """Environment pinning torch's intra-op (OpenMP/MKL) threads of a process; {} leaves it as it is."""
+    return {} if threads is None else {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def threads_per_node(nodes: int, threads: int | None = None) -> int | None:
+    """`threads` if given; else None when OMP_NUM_THREADS is set (kept); else the cores shared among the nodes."""
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"threads: got {threads}, expected an integer >= 1")
+        return threads
+    return None if "OMP_NUM_THREADS" in os.environ else max(1, (os.cpu_count() or 1) // nodes)
 
 
 def free_port() -> int:
@@ -75,6 +92,8 @@ class LoopbackDeployment:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
     certs: dict[str, Path] = field(default_factory=dict)
+    supervised: dict[str, Restarting] = field(default_factory=dict)  # restarted when they exit (node workers)
+    events: list[str] = field(default_factory=list)  # restarts and other supervision notes (also in logs/)
 
     def __post_init__(self) -> None:
         self.work = Path(self.work)
@@ -92,8 +111,14 @@ class LoopbackDeployment:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it; closed after Popen
+    def _note(self, message: str) -> None:
+        self.events.append(message)
+        with open(self.logs / "launcher.log", "a", encoding="utf-8") as f:
+            f.write(message + "\n")
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None,
+               append: bool = False) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "ab" if append else "wb")  # noqa: SIM115 - closed after Popen
         try:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or self.env, cwd=self.work,
                                     start_new_session=True)  # own process group: stopped as a whole
@@ -124,18 +149,27 @@ class LoopbackDeployment:
         self.wait_port(self.port, "superlink")
 
     def start_worker(self, name: str, socket_path: Path, threads: int | None = None) -> None:
-        """A warm node worker; `threads` caps its torch/OpenMP threads (co-located workers must share the cores:
-        oversubscribed OpenMP threads made a loopback round ~9x slower than the simulator's)."""
-        env = self.env if threads is None or "OMP_NUM_THREADS" in self.env else \
-            self.env | {"OMP_NUM_THREADS": str(threads)}
-        self._spawn(f"{name}-worker", [sys.executable, "-m", "fedit.engines.flower.worker", str(socket_path)], env)
+        """A warm node worker, restarted whenever it exits; `threads` pins its torch/OpenMP threads (co-located
+        workers must share the cores: oversubscribed OpenMP threads made a loopback round ~9x slower)."""
+        wname = f"{name}-worker"
+        cmd = [sys.executable, "-m", "fedit.engines.flower.worker", str(socket_path)]
+        env = self.env | thread_env(threads)
+        first = [True]
 
-    def start_supernode(self, name: str, node_config: dict[str, Any]) -> None:
+        def spawn() -> subprocess.Popen:
+            proc = self._spawn(wname, cmd, env, append=not first[0])
+            first[0] = False
+            return proc
+
+        self.supervised[wname] = Restarting(wname, spawn, self._note)
+
+    def start_supernode(self, name: str, node_config: dict[str, Any], threads: int | None = None) -> None:
+        """A SuperNode; `threads` pins the ClientApps it starts (the cold path trains there)."""
         cfg = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
         cmd = [_bin("flower-supernode"), "--superlink", self.address, "--node-config", cfg,
                "--host", "127.0.0.1", "--port", str(free_port()), "--isolation", "subprocess"]
         cmd += ["--root-certificates", str(self.certs["ca"])] if self.tls else ["--insecure"]
-        self._spawn(name, cmd)
+        self._spawn(name, cmd, self.env | thread_env(threads))
 
     def wait_port(self, port: int, name: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -149,8 +183,11 @@ class LoopbackDeployment:
         raise ClientError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s; see {self.logs}")
 
     def check_alive(self) -> None:
+        """Restart supervised processes that exited; ClientError if any other process exited."""
+        for name, sup in self.supervised.items():
+            self.procs[name] = sup.check()
         for name, p in self.procs.items():
-            if p.poll() is not None:
+            if name not in self.supervised and p.poll() is not None:
                 tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
                 raise ClientError(f"Flower process {name} exited with code {p.returncode}:\n{tail}")
 
@@ -181,6 +218,9 @@ class LoopbackDeployment:
         # nodes (and their workers) first, the SuperLink last; each one by the PID we started
         for name in sorted(self.procs, key=lambda n: n == "superlink"):
             stop_process(self.procs[name])
+        for sup in self.supervised.values():  # exited workers: reaped, and their groups checked
+            for old in sup.retired:
+                stop_process(old, grace=1.0)
 
     def __enter__(self) -> LoopbackDeployment:
         return self
@@ -203,11 +243,15 @@ def write_node_data(client_records: list[list[Any]], nodes: int, root: Path) -> 
 
 
 def run_flower(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = False, tls: bool = False,
-               warm: bool = True, round_timeout: float = 600.0, keep_work: bool = False,
-               log: Any = None, on_deploy: Any = None) -> Any:
+               warm: bool = True, round_timeout: float = 600.0,
+               round_grace: float = RUN_CONFIG_DEFAULTS["round-grace"], threads: int | None = None,
+               keep_work: bool = False, log: Any = None, on_deploy: Any = None) -> Any:
     """Run `cfg` on a loopback Flower deployment of `cfg.run.nodes` SuperNodes; returns a RunResult.
 
-    The run directory is written by the ServerApp exactly as the simulator writes it.
+    The run directory is written by the ServerApp exactly as the simulator writes it. `threads` pins the torch
+    threads of each node's training process (worker, and ClientApp on the cold path); by default the cores are
+    shared among the nodes, unless OMP_NUM_THREADS is set. Results are bit-identical to the simulator's when it
+    runs with the same number of threads on the same CPU and torch build (see docs/deployment.md).
     """
     from fedit.engines.flower.appdir import write_app
     from fedit.pipeline import prepare_data
@@ -220,6 +264,7 @@ def run_flower(cfg: Config, *, resume: str | Path | None = None, overwrite: bool
     data = prepare_data(cfg)
     n_clients = len(data.client_records)
     nodes = min(cfg.run.nodes, n_clients)
+    per_node = threads_per_node(nodes, threads)
     work = Path(tempfile.mkdtemp(prefix="fedit-flower-"))
     t0 = time.perf_counter()
     ok = False
@@ -229,6 +274,7 @@ def run_flower(cfg: Config, *, resume: str | Path | None = None, overwrite: bool
         app = write_app(work / "app", cfg, {"out": str(out), "resume": resume is not None, "overwrite": overwrite,
                                             "num-clients": n_clients, "min-nodes": nodes,
                                             "discovery-timeout": 120.0, "round-timeout": round_timeout,
+                                            "round-grace": round_grace,
                                             "error-file": str(error_file)})
         with LoopbackDeployment(work, tls=tls) as dep:
             if on_deploy is not None:  # tests keep a handle to stop and check the processes themselves
@@ -238,9 +284,9 @@ def run_flower(cfg: Config, *, resume: str | Path | None = None, overwrite: bool
                 node_config: dict[str, Any] = {"data-dir": str(d)}
                 if warm:
                     sock = work / "sock" / f"node_{k}.sock"
-                    dep.start_worker(f"node_{k}", sock, threads=max(1, (os.cpu_count() or 1) // nodes))
+                    dep.start_worker(f"node_{k}", sock, threads=per_node)
                     node_config["worker"] = str(sock)
-                dep.start_supernode(f"node_{k}", node_config)
+                dep.start_supernode(f"node_{k}", node_config, threads=per_node)
             say(f"Flower loopback deployment: SuperLink {dep.address} ({'TLS' if tls else 'insecure, loopback'}), "
                 f"{nodes} SuperNodes, {n_clients} clients; logs in {dep.logs}")
             run_id = dep.submit(app)
@@ -281,7 +327,8 @@ def _report_rounds(out: Path, seen: int, say: Any) -> int:
         except ValueError:
             return seen
         if m.get("round"):
-            say(f"round {m['round']}: clients {m.get('replied')}, train loss {m.get('train_loss', 0):.4f}")
+            failed = "".join(f"; client {c} dropped: {why}" for c, why in (m.get("failed") or {}).items())
+            say(f"round {m['round']}: clients {m.get('replied')}, train loss {m.get('train_loss', 0):.4f}{failed}")
         seen += 1
     return seen
 

@@ -1,21 +1,26 @@
 """Node side of a Flower deployment (no flwr here): the logical clients a SuperNode hosts, and their training.
 
 A SuperNode's `--node-config` names a directory of client files (`client_NNN.jsonl`, as `fedit partition` writes
-them); the number in the name is the client's global id. The records never leave the node: only the LoRA payload
-does. Training calls the same `train_client` as the simulator, with the same (seed, round, client) seeds.
+them); the number in the name is the client's global id, and discovery reports ids from the names alone. The
+records never leave the node: only the LoRA payload does. Training calls the same `train_client` as the
+simulator, with the same (seed, round, client) seeds, through `train_clients`, the one train-and-report loop that
+the in-process (cold) ClientApp and the warm worker share, and that applies the run's injected faults.
 """
 
 from __future__ import annotations
 
 import re
 import time
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedit.config import Config
-from fedit.errors import ConfigError, DataError
+from fedit.errors import ConfigError, DataError, FeditError
 
 if TYPE_CHECKING:
+    from fedit.data.tokenize import TokenizedData
     from fedit.types import ClientUpdate, Params
 
 CLIENT_FILE = re.compile(r"^client_(\d+)\.jsonl$")
@@ -64,34 +69,59 @@ def client_files(node_config: dict[str, Any]) -> dict[int, Path]:
 
 
 class NodeWorker:
-    """The base model with its LoRA slots, and the hosted clients' tokenized data; kept for the process lifetime."""
+    """The base model with its LoRA slots, kept for the process lifetime, and the hosted clients' data.
+
+    Each client's file is read and tokenized the first time that client is trained, and the result, or the error,
+    is kept: one client's bad file fails that client alone, in every round, without touching its neighbours.
+    """
 
     def __init__(self, cfg: Config, node_config: dict[str, Any]) -> None:
-        from fedit.data.sources import load_records
-        from fedit.data.tokenize import tokenize_records
         from fedit.pipeline import build_model
         from fedit.strategies import build_strategy
 
         t0 = time.perf_counter()
         self.cfg = cfg
+        self.files = client_files(node_config)  # names only: nothing is read until a client is trained
         if node_config.get("model"):  # the base model lives at another path on this node
             cfg = cfg.override({"model.name": str(node_config["model"])})
         self.bundle = build_model(cfg)
         self.objective = build_strategy(cfg.strategy).client_objective()
-        d = cfg.data
-        self.data = {}
-        for cid, path in client_files(node_config).items():
-            records = load_records(path, format="dolly")
-            self.data[cid] = tokenize_records(records, self.bundle.template, self.bundle.tokenizer, d.cutoff_len,
-                                              d.train_on_inputs, d.add_eos)
+        self._data: dict[int, TokenizedData | DataError] = {}
         self.load_seconds = time.perf_counter() - t0
+
+    @property
+    def clients(self) -> list[int]:
+        return sorted(self.files)
+
+    def data(self, client_id: int) -> TokenizedData:
+        """Client `client_id`'s tokenized examples (loaded once); DataError, also on every later call, if bad."""
+        if client_id not in self.files:
+            raise DataError(f"client {client_id} is not hosted on this node (hosts {self.clients})")
+        if client_id not in self._data:
+            self._data[client_id] = self._load(client_id)
+        got = self._data[client_id]
+        if isinstance(got, DataError):
+            raise DataError(str(got))
+        return got
+
+    def _load(self, client_id: int) -> TokenizedData | DataError:
+        from fedit.data.sources import load_records
+        from fedit.data.tokenize import tokenize_records
+
+        d = self.cfg.data
+        try:
+            records = load_records(self.files[client_id], format="dolly")
+            return tokenize_records(records, self.bundle.template, self.bundle.tokenizer, d.cutoff_len,
+                                    d.train_on_inputs, d.add_eos)
+        except DataError as e:
+            return e
+        except Exception as e:  # noqa: BLE001 - whatever a bad file causes is that client's failure
+            return DataError(f"{self.files[client_id]}: {type(e).__name__}: {e}")
 
     def train(self, round_idx: int, client_id: int, global_params: Params) -> ClientUpdate:
         from fedit.client.train import train_client
 
-        if client_id not in self.data:
-            raise DataError(f"client {client_id} is not hosted on this node (hosts {sorted(self.data)})")
-        return train_client(self.bundle.trainer, global_params, self.data[client_id], self.cfg.client,
+        return train_client(self.bundle.trainer, global_params, self.data(client_id), self.cfg.client,
                             client_id=client_id, round_idx=round_idx, seed=self.cfg.run.seed,
                             objective=self.objective)
 
@@ -106,3 +136,64 @@ def get_worker(cfg: Config, node_config: dict[str, Any]) -> NodeWorker:
         _WORKERS.clear()
         _WORKERS[key] = NodeWorker(cfg, node_config)
     return _WORKERS[key]
+
+
+@dataclass
+class NodeReport:
+    """A node's answer to one train message: the updates, each failed client with its reason, and timings."""
+
+    updates: list[ClientUpdate] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    load_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+class NodeHeld(RuntimeError):
+    """A `hang` fault: the node held the message past its deadline and answers with this error."""
+
+
+def _failure(e: BaseException) -> str:
+    """One line saying why a client failed: the message, plus where for anything that is not a fedit error."""
+    if isinstance(e, FeditError):
+        return str(e)
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(e).__name__}: {e}{where}"
+
+
+def hold_past(deadline: float) -> None:
+    """Sleep until one second after `deadline` (epoch seconds): by then the server has dropped the message."""
+    time.sleep(max(0.0, deadline + 1.0 - time.time()))
+
+
+def train_clients(cfg: Config, node_config: dict[str, Any], round_idx: int, clients: list[int],
+                  global_params: Params, deadline: float) -> NodeReport:
+    """The one per-client train-and-report loop of a node (cold ClientApp and warm worker alike).
+
+    For each client: the run's faults before training (`slow` sleeps, `crash` raises), `train_client`, the faults
+    after training (the update as a faulty client would send it). One client's failure is reported with its
+    reason, never raised. A `hang` fault makes the whole node hold the message until its deadline has passed and
+    then raise NodeHeld. Clients not started before `deadline` (epoch seconds) are reported as failed unstarted.
+    """
+    from fedit.faults import FaultPlan
+
+    t0 = time.perf_counter()
+    faults = FaultPlan(cfg.run.faults)
+    held = [c for c in clients if faults.hangs(round_idx, c)]
+    if held:
+        hold_past(deadline)
+        raise NodeHeld(f"injected hang for client(s) {held}: the node held round {round_idx} past its deadline")
+    worker = get_worker(cfg, node_config)
+    report = NodeReport(load_seconds=time.perf_counter() - t0)
+    for cid in clients:
+        if time.time() >= deadline:
+            report.failed[cid] = f"not started: the round's deadline passed on the node (round {round_idx})"
+            continue
+        try:
+            faults.before_training(round_idx, cid)
+            update = worker.train(round_idx, cid, global_params)
+            report.updates.append(faults.after_training(update, round_idx))
+        except Exception as e:  # noqa: BLE001 - any crash of one client is that client's failure
+            report.failed[cid] = _failure(e)
+    report.seconds = time.perf_counter() - t0
+    return report

@@ -1,15 +1,26 @@
 """The Flower ServerApp: fedit's own round loop (sampling, strategies, checkpoints, metrics) over a Flower Grid.
 
-`FlowerEngine` implements fedit's Engine protocol: each round it sends one Message per SuperNode carrying the
-global adapter and the ids of the sampled logical clients that node hosts, then polls for the replies until a
-deadline. A node that times out, crashes or errors is dropped for the round (its clients go to `failures`).
+`FlowerEngine` implements fedit's Engine protocol. Each round it sends one Message per SuperNode carrying the
+global adapter and the ids of the sampled logical clients that node hosts, and reads the replies as they come.
+What a node does wrong costs that node's clients for the round, never the run:
+
+- before the round, clients whose node is no longer in `grid.get_node_ids()` fail at once ("not connected"), and
+  node ids that appeared since discovery are asked which clients they host (a restarted SuperNode takes its
+  clients back);
+- every Message carries `ttl` = the round's remaining time (Flower's 12 h default never applies, so a node that
+  reconnects late cannot run a stale round);
+- once `min_clients` plausible updates are in, at t_min seconds, the others get max(round-grace, t_min) seconds
+  more; the round never lasts longer than round-timeout, retries included;
+- an error reply, a malformed reply (replies.py) or a client the node reports as failed goes to the round's
+  failures with the reason; only such clients, whose node did answer, are retried.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +31,13 @@ from fedit.client.objectives import ClientObjective
 from fedit.config import Config
 from fedit.engines.base import ClientProgress, RoundOutcome
 from fedit.engines.flower.protocol import config_from_run_config, run_setting
-from fedit.engines.flower.records import get_update, put_params
+from fedit.engines.flower.records import put_params
+from fedit.engines.flower.replies import hosted_clients, read_reply, short
 from fedit.errors import ClientError, ConfigError
-from fedit.types import Params
+from fedit.types import ClientUpdate, Params
+
+MIN_TTL = 0.1  # a message with less time left is not sent (and Flower would read a ttl of 0 as its 12 h default)
+QUERY_WAIT = 10.0  # seconds a round start waits for new SuperNodes to say which clients they host
 
 
 def _log(message: str) -> None:
@@ -46,51 +61,103 @@ class LogReporter:
         _log(message)
 
 
-def exchange(grid: Grid, messages: list[Message], timeout: float, poll: float) -> tuple[dict[int, Message], set[int]]:
-    """Push messages and pull replies until all came back or `timeout` passed: (node -> reply, nodes that missed)."""
-    ids = list(grid.push_messages(messages))
-    node_of = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=True)}
-    pending = set(ids)
-    replies: dict[int, Message] = {}
-    deadline = time.monotonic() + timeout
+# ---- talking to the Grid: push, then pull replies as they come, until a deadline that may move ----------------
+def node_ids(grid: Grid) -> set[int] | None:
+    """The connected SuperNodes, or None if the SuperLink could not say (the caller then skips the check)."""
+    try:
+        return {int(n) for n in grid.get_node_ids()}
+    except Exception as e:  # noqa: BLE001 - a SuperLink hiccup must not end the run
+        _log(f"could not list the connected SuperNodes: {type(e).__name__}: {e}")
+        return None
+
+
+def push(grid: Grid, messages: list[Message]) -> tuple[dict[str, Message], list[tuple[Message, str]]]:
+    """(message id -> message) for what the SuperLink took, and (message, reason) for what it did not."""
+    if not messages:
+        return {}, []
+    try:
+        ids = list(grid.push_messages(messages))
+    except Exception as e:  # noqa: BLE001 - the affected nodes fail for this round, the run goes on
+        return {}, [(m, f"could not send to node {m.metadata.dst_node_id}: {type(e).__name__}: {short(e)}")
+                    for m in messages]
+    ids += [None] * (len(messages) - len(ids))
+    pushed = {str(mid): m for mid, m in zip(ids, messages, strict=True) if mid}
+    refused = [(m, f"the SuperLink did not accept the message for node {m.metadata.dst_node_id}")
+               for mid, m in zip(ids, messages, strict=True) if not mid]
+    return pushed, refused
+
+
+def poll_replies(grid: Grid, pending: dict[str, Message], deadline: Callable[[], float], poll: float,
+                 on_reply: Callable[[Message, Message], None]) -> dict[str, Message]:
+    """Pull replies to `pending` (message id -> sent message; updated in place, and `on_reply` may add to it),
+    calling `on_reply(sent, reply)` for each, until all are in or `time.monotonic()` passes `deadline()` (asked
+    again after every pull: the grace period moves it). At least one pull is made. Returns what is unanswered."""
     while pending:
-        for reply in grid.pull_messages(list(pending)):
-            mid = reply.metadata.reply_to_message_id
-            if mid in pending:
-                pending.discard(mid)
-                replies[node_of[mid]] = reply
-        if not pending or time.monotonic() >= deadline:
+        try:
+            replies = list(grid.pull_messages(list(pending)))
+        except Exception as e:  # noqa: BLE001 - retried at the next poll
+            _log(f"pulling replies failed: {type(e).__name__}: {e}")
+            replies = []
+        for reply in replies:
+            sent = pending.pop(str(reply.metadata.reply_to_message_id), None)
+            if sent is not None:
+                on_reply(sent, reply)
+        left = deadline() - time.monotonic()
+        if not pending or left <= 0:
             break
-        time.sleep(poll)
-    return replies, {node_of[mid] for mid in pending}
+        time.sleep(min(poll, left))
+    return pending
+
+
+def query_message(node: int, ttl: float) -> Message:
+    return Message(RecordDict({"ask": ConfigRecord({"what": "clients"})}), dst_node_id=node, message_type="query",
+                   ttl=max(MIN_TTL, ttl))
 
 
 def discover_nodes(grid: Grid, min_nodes: int, num_clients: int, timeout: float,
                    poll: float) -> dict[int, list[int]]:
-    """Ask every connected SuperNode which logical clients it hosts; waits for `min_nodes` and full coverage."""
+    """Ask every connected SuperNode which logical clients it hosts; waits for `min_nodes` and full coverage.
+
+    A node whose answer is an error or malformed is left out (and named in the error if coverage then fails)."""
     deadline = time.monotonic() + timeout
     hosted: dict[int, list[int]] = {}
-    while True:
-        node_ids = sorted(set(grid.get_node_ids()) - hosted.keys())
-        if node_ids:
-            msgs = [Message(RecordDict({"ask": ConfigRecord({"what": "clients"})}), dst_node_id=n,
-                            message_type="query") for n in node_ids]
-            replies, _ = exchange(grid, msgs, max(1.0, deadline - time.monotonic()), poll)
-            for node, reply in replies.items():
-                if reply.has_error():
-                    raise ConfigError(f"SuperNode {node} cannot serve fedit clients: {reply.error.reason}")
-                hosted[node] = [int(c) for c in reply.content["node"]["clients"]]  # type: ignore[union-attr]
+    problems: dict[int, str] = {}
+    pending: dict[str, Message] = {}
+
+    def take(sent: Message, reply: Message) -> None:
+        node = sent.metadata.dst_node_id
+        try:
+            hosted[node] = hosted_clients(reply, node)
+        except ValueError as e:
+            problems[node] = str(e)
+            _log(f"discovery: {e}")
+
+    def enough() -> bool:
         covered = {c for cs in hosted.values() for c in cs}
-        enough = len(hosted) >= min_nodes and (num_clients == 0 or covered >= set(range(num_clients)))
-        if enough or time.monotonic() >= deadline:
+        return len(hosted) >= min_nodes and (num_clients == 0 or covered >= set(range(num_clients)))
+
+    while True:
+        asked = hosted.keys() | problems.keys() | {m.metadata.dst_node_id for m in pending.values()}
+        new = sorted((node_ids(grid) or set()) - asked)
+        if new:
+            pushed, _ = push(grid, [query_message(n, deadline - time.monotonic()) for n in new])
+            pending.update(pushed)
+        pending = poll_replies(grid, pending, lambda: 0.0, poll, take)  # one pull
+        if enough() or time.monotonic() >= deadline:
             break
-        time.sleep(max(poll, 0.5))
+        time.sleep(poll)
+    return _check_coverage(hosted, problems, min_nodes, num_clients, timeout)
+
+
+def _check_coverage(hosted: dict[int, list[int]], problems: dict[int, str], min_nodes: int, num_clients: int,
+                    timeout: float) -> dict[int, list[int]]:
     covered = {c for cs in hosted.values() for c in cs}
     expected = num_clients or (max(covered) + 1 if covered else 0)
     if len(hosted) < min_nodes or covered < set(range(expected)) or not covered:
+        why = "".join(f"; {p}" for _, p in sorted(problems.items()))
         raise ClientError(f"after {timeout:.0f}s, {len(hosted)} SuperNode(s) connected (min-nodes {min_nodes}) "
                           f"hosting clients {sorted(covered)}; expected clients 0..{expected - 1}: start the "
-                          "missing SuperNodes or fix their --node-config data-dir")
+                          f"missing SuperNodes or fix their --node-config data-dir{why}")
     dup = sorted(c for c in covered if sum(c in cs for cs in hosted.values()) > 1)
     if dup:
         raise ConfigError(f"clients {dup} are hosted on more than one SuperNode; each client must live on one node")
@@ -100,17 +167,130 @@ def discover_nodes(grid: Grid, min_nodes: int, num_clients: int, timeout: float,
     return hosted
 
 
+# ---- one round ---------------------------------------------------------------------------------------------------
+@dataclass
+class RoundClock:
+    """A round's deadlines on time.monotonic(): the hard one (start + timeout) and, once `min_clients` plausible
+    updates are in at t_min, the grace one: t_min + max(grace, t_min - start), never past the hard one."""
+
+    start: float
+    timeout: float
+    grace: float
+    t_min: float | None = None
+
+    @property
+    def hard(self) -> float:
+        return self.start + self.timeout
+
+    def deadline(self) -> float:
+        if self.t_min is None:
+            return self.hard
+        return min(self.hard, self.t_min + max(self.grace, self.t_min - self.start))
+
+    def remaining(self) -> float:
+        """Seconds left before the hard deadline: the TTL of every message the round sends."""
+        return self.hard - time.monotonic()
+
+    def min_reached(self) -> None:
+        if self.t_min is None:
+            self.t_min = time.monotonic()
+
+    def in_grace(self) -> bool:
+        return self.t_min is not None and self.deadline() < self.hard
+
+
+@dataclass
+class _Round:
+    """What one round has gathered so far, across attempts."""
+
+    idx: int
+    expected: Params
+    clock: RoundClock
+    updates: dict[int, ClientUpdate] = field(default_factory=dict)
+    failures: dict[int, str] = field(default_factory=dict)
+    retriable: set[int] = field(default_factory=set)  # failed clients whose node answered: worth a retry
+    plausible: set[int] = field(default_factory=set)  # updates that would pass the round loop's checks
+    tries: dict[int, int] = field(default_factory=dict)  # retries sent per client
+
+    def fail(self, cid: int, reason: str, retriable: bool = False) -> None:
+        self.failures[cid] = reason
+        self.updates.pop(cid, None)
+        self.plausible.discard(cid)
+        (self.retriable.add if retriable else self.retriable.discard)(cid)
+
+    def succeed(self, update: ClientUpdate, plausible: bool) -> None:
+        cid = update.client_id
+        self.updates[cid] = update
+        self.failures.pop(cid, None)
+        self.retriable.discard(cid)
+        (self.plausible.add if plausible else self.plausible.discard)(cid)
+
+
+def _clients_of(msg: Message) -> list[int]:
+    return [int(c) for c in msg.content["task"]["clients"]]  # type: ignore[union-attr]
+
+
 class FlowerEngine:
-    """fedit's Engine over a Flower Grid: one message per node per round, replies polled with a deadline."""
+    """fedit's Engine over a Flower Grid: one message per node per round, replies read as they come."""
 
     def __init__(self, grid: Grid, hosted: dict[int, list[int]], *, round_timeout: float, poll: float,
-                 retries: int, min_clients: int) -> None:
+                 retries: int, min_clients: int, round_grace: float = 5.0, query_ttl: float = 300.0,
+                 query_wait: float = QUERY_WAIT, max_examples: int | None = None) -> None:
         self.grid, self.round_timeout, self.poll, self.retries = grid, round_timeout, poll, retries
-        self.min_clients = min_clients
+        self.min_clients, self.round_grace, self.max_examples = min_clients, round_grace, max_examples
+        self.query_ttl, self.query_wait = query_ttl, query_wait
         self.node_of = {c: node for node, cs in hosted.items() for c in cs}
         self.num_clients = len(self.node_of)
+        self.asked = set(hosted)  # node ids whose clients are known, or that were asked
+        self._queries: dict[str, tuple[Message, float]] = {}  # open client queries: id -> (message, expiry)
 
-    def _messages(self, round_idx: int, client_ids: Iterable[int], content: RecordDict) -> list[Message]:
+    # -- liveness: who is connected, and which clients new nodes host --------------------------------------------
+    def _liveness(self, clock: RoundClock) -> set[int] | None:
+        connected = node_ids(self.grid)
+        if connected is None:
+            return None
+        now = time.monotonic()
+        for mid, (msg, expiry) in list(self._queries.items()):
+            if now >= expiry:  # never answered: ask that node again
+                del self._queries[mid]
+                self.asked.discard(msg.metadata.dst_node_id)
+        new = sorted(connected - self.asked)
+        if new:
+            _log(f"new SuperNode(s) {new}: asking which clients they host")
+            pushed, _ = push(self.grid, [query_message(n, self.query_ttl) for n in new])
+            self.asked.update(m.metadata.dst_node_id for m in pushed.values())
+            self._queries.update({mid: (m, now + self.query_ttl) for mid, m in pushed.items()})
+        if self._queries:
+            wait = min(self.query_wait, max(0.0, clock.remaining() / 4)) if new else 0.0
+            until = time.monotonic() + wait
+            left = poll_replies(self.grid, {mid: m for mid, (m, _) in self._queries.items()}, lambda: until,
+                                self.poll, lambda sent, reply: self._adopt(sent, reply, connected))
+            self._queries = {mid: q for mid, q in self._queries.items() if mid in left}
+        return connected
+
+    def _adopt(self, sent: Message, reply: Message, connected: set[int]) -> None:
+        node = sent.metadata.dst_node_id
+        try:
+            clients = hosted_clients(reply, node)
+        except ValueError as e:
+            _log(f"ignoring SuperNode {node}: {e}")
+            return
+        moved = []
+        for c in clients:
+            old = self.node_of.get(c)
+            if old is None:
+                _log(f"SuperNode {node} hosts client {c}, which is not part of this run: ignored")
+            elif old != node and old in connected:
+                _log(f"client {c} is reported by SuperNodes {old} and {node}; keeping it on {old}")
+            elif old != node:
+                self.node_of[c] = node
+                moved.append(c)
+        if moved:
+            _log(f"clients {moved} are now served by SuperNode {node}")
+
+    # -- one attempt: send, read replies as they come, until the (moving) deadline --------------------------------
+    def _messages(self, round_idx: int, client_ids: Iterable[int], content: RecordDict,
+                  ttl: float) -> list[Message]:
         by_node: dict[int, list[int]] = {}
         for cid in sorted(client_ids):
             by_node.setdefault(self.node_of[cid], []).append(cid)
@@ -118,47 +298,92 @@ class FlowerEngine:
         for node, cids in sorted(by_node.items()):
             rd = RecordDict({k: v for k, v in content.items()})
             rd["task"] = ConfigRecord({"round": round_idx, "clients": cids})
-            msgs.append(Message(rd, dst_node_id=node, message_type="train", group_id=str(round_idx)))
+            msgs.append(Message(rd, dst_node_id=node, message_type="train", group_id=str(round_idx), ttl=ttl))
         return msgs
 
-    def _attempt(self, round_idx: int, client_ids: list[int], content: RecordDict, outcome: RoundOutcome) -> None:
-        msgs = self._messages(round_idx, client_ids, content)
-        replies, missed = exchange(self.grid, msgs, self.round_timeout, self.poll)
-        for msg in msgs:
-            node = msg.metadata.dst_node_id
-            cids = [int(c) for c in msg.content["task"]["clients"]]  # type: ignore[union-attr]
-            if node in missed:
-                for c in cids:
-                    outcome.failures[c] = f"node {node} did not reply within {self.round_timeout:.0f}s"
-                continue
-            reply = replies[node]
-            if reply.has_error():
-                for c in cids:
-                    outcome.failures[c] = f"node {node} failed: {reply.error.reason}"
-                continue
-            status = reply.content["status"]
-            failed = dict(zip((int(c) for c in status["failed"]), status["reasons"], strict=True))  # type: ignore
-            for c in cids:
-                if c in failed:
-                    outcome.failures[c] = f"node {node}: {failed[c]}"
-                else:
-                    outcome.failures.pop(c, None)
-                    outcome.updates.append(get_update(reply.content, c))
+    def _plausible(self, update: ClientUpdate, expected: Params) -> bool:
+        from fedit.server.validate import update_problem
+
+        try:
+            return update_problem(update, expected, self.max_examples) is None
+        except Exception:  # noqa: BLE001 - only counts towards min_clients; the round loop judges it again
+            return False
+
+    def _take(self, rnd: _Round, sent: Message, reply: Message) -> None:
+        node = sent.metadata.dst_node_id
+        answer = read_reply(reply, node, _clients_of(sent))
+        for cid, reason in answer.failures.items():
+            rnd.fail(cid, reason, retriable=answer.answered)
+        for update in answer.updates.values():
+            rnd.succeed(update, self._plausible(update, rnd.expected))
+        if len(rnd.plausible) >= self.min_clients:
+            rnd.clock.min_reached()
+
+    def _missed(self, rnd: _Round, node: int) -> str:
+        c = rnd.clock
+        if c.in_grace() and c.t_min is not None:
+            return (f"node {node} did not reply within the round's grace period ({c.deadline() - c.t_min:.1f}s "
+                    f"after {self.min_clients} update(s) were in at {c.t_min - c.start:.1f}s)")
+        return f"node {node} did not reply within the round's {self.round_timeout:.0f}s"
+
+    def _send(self, rnd: _Round, client_ids: list[int], content: RecordDict) -> dict[str, Message]:
+        """Push one message per node for `client_ids`, TTL = the round's remaining time; returns what was pushed."""
+        ttl = rnd.clock.remaining()
+        if ttl < MIN_TTL:
+            for cid in client_ids:
+                rnd.fail(cid, f"round {rnd.idx} had no time left to send client {cid}")
+            return {}
+        pushed, refused = push(self.grid, self._messages(rnd.idx, client_ids, content, ttl))
+        for msg, reason in refused:
+            for cid in _clients_of(msg):
+                rnd.fail(cid, reason)
+        return pushed
+
+    def _maybe_retry(self, rnd: _Round, pending: dict[str, Message], content: RecordDict) -> None:
+        """Re-send failed clients whose node answered, as soon as min_clients cannot be met without them."""
+        waiting = sum(len(_clients_of(m)) for m in pending.values())
+        if len(rnd.plausible) + waiting >= self.min_clients:
+            return
+        again = [c for c in sorted(rnd.retriable) if rnd.tries.get(c, 0) < self.retries]
+        if not again or rnd.clock.remaining() < MIN_TTL:
+            return
+        for c in again:
+            rnd.tries[c] = rnd.tries.get(c, 0) + 1
+        _log(f"round {rnd.idx}: {len(rnd.plausible)} usable update(s) + {waiting} awaited < min_clients "
+             f"{self.min_clients}; re-sending clients {again}, whose nodes answered")
+        pending.update(self._send(rnd, again, content))
 
     def train_round(self, round_idx: int, client_ids: list[int], global_params: Params,
                     objective: ClientObjective | None, progress: ClientProgress | None = None) -> RoundOutcome:
         # the clients rebuild the strategy's objective from the config they share with the server
+        rnd = _Round(round_idx, global_params, RoundClock(time.monotonic(), self.round_timeout, self.round_grace))
+        connected = self._liveness(rnd.clock)
+        send = []
+        for cid in sorted(client_ids):
+            node = self.node_of.get(cid)
+            if node is None:
+                rnd.fail(cid, f"no SuperNode hosts client {cid}")
+            elif connected is not None and node not in connected:
+                rnd.fail(cid, f"node {node} is not connected")
+            else:
+                send.append(cid)
         content = RecordDict()
         put_params(content, "global", global_params)
-        outcome = RoundOutcome(updates=[])
-        self._attempt(round_idx, client_ids, content, outcome)
-        for attempt in range(self.retries):
-            if len(outcome.updates) >= self.min_clients or not outcome.failures:
-                break
-            _log(f"round {round_idx}: {len(outcome.updates)} replies < min_clients {self.min_clients}; "
-                 f"retry {attempt + 1}/{self.retries} for clients {sorted(outcome.failures)}")
-            self._attempt(round_idx, sorted(outcome.failures), content, outcome)
-        return outcome
+        pending = self._send(rnd, send, content) if send else {}
+
+        def on_reply(sent: Message, reply: Message) -> None:
+            self._take(rnd, sent, reply)
+            self._maybe_retry(rnd, pending, content)
+
+        self._maybe_retry(rnd, pending, content)
+        left = poll_replies(self.grid, pending, rnd.clock.deadline, self.poll, on_reply)
+        for msg in left.values():
+            reason = self._missed(rnd, msg.metadata.dst_node_id)
+            for cid in _clients_of(msg):
+                before = rnd.failures.get(cid) if rnd.tries.get(cid) else None
+                rnd.fail(cid, f"{before}; then the retry: {reason}" if before else reason)
+        return RoundOutcome(updates=[rnd.updates[c] for c in sorted(rnd.updates)],
+                            failures=dict(sorted(rnd.failures.items())))
 
     def close(self) -> None:
         pass
@@ -194,7 +419,9 @@ def serve(grid: Grid, rc: Any) -> None:
                             run_setting(rc, "discovery-timeout"), poll)
     _log(f"nodes and their clients: {hosted}")
     engine = FlowerEngine(grid, hosted, round_timeout=run_setting(rc, "round-timeout"), poll=poll,
-                          retries=run_setting(rc, "round-retries"), min_clients=cfg.run.min_clients)
+                          retries=run_setting(rc, "round-retries"), min_clients=cfg.run.min_clients,
+                          round_grace=run_setting(rc, "round-grace"), query_ttl=run_setting(rc, "discovery-timeout"),
+                          max_examples=cfg.run.max_client_examples)
     resume = cfg.run.out if run_setting(rc, "resume") else None
     # data.source = "nodes": the server never reads training data, it only learns which clients the nodes host.
     data = (pipeline.data_on_nodes(cfg, sorted(c for cs in hosted.values() for c in cs))

@@ -1,9 +1,13 @@
-"""Self-signed TLS material for a Flower deployment: a CA, and a server certificate for the SuperLink host."""
+"""Self-signed TLS material for a Flower deployment: a CA, and a server certificate for the SuperLink host.
+
+The private key is created with mode 0600 (never readable by others, not even between write and chmod).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from pathlib import Path
 
 from cryptography import x509
@@ -46,6 +50,13 @@ def make_certificates(out: str | Path, hosts: list[str] | None = None, days: int
     paths = {"ca": out / "ca.crt", "cert": out / "server.pem", "key": out / "server.key"}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(_key_pem(key))
-    paths["key"].chmod(0o600)
+    _write_private(paths["key"], _key_pem(key))
     return paths
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write `path` readable by its owner only from the first byte (created 0600, never under the umask)."""
+    path.unlink(missing_ok=True)  # O_CREAT keeps an existing file's mode: start from a fresh one
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from fedit import __version__
 from fedit.atomic import write_json as atomic_write_json
 from fedit.client.train import LocalTrainer
 from fedit.config import RESUMABLE, Config
+from fedit.data.invalid import InvalidRows
 from fedit.data.records import Record
 from fedit.data.templates import Template, get_template
 from fedit.errors import CheckpointError, ConfigError
@@ -48,12 +50,14 @@ def is_partition_dir(path: str) -> bool:
     return p.is_dir() and (p / "stats.json").is_file() and (p / "client_000.jsonl").is_file()
 
 
-def load_test_records(cfg: Config) -> list[Record] | None:
-    """The held-out set when it is given explicitly (builtin's test split, or data.test_source)."""
+def load_test_records(cfg: Config, report: InvalidRows | None = None) -> list[Record] | None:
+    """The held-out set when it is given explicitly (builtin's test split, or data.test_source); with
+    data.on_invalid = "skip" its bad rows are dropped and counted in `report`."""
     from fedit.data.sources import load_records
 
     if cfg.data.test_source:
-        return load_records(cfg.data.test_source, format=cfg.data.format, field_map=cfg.data.fields)
+        return load_records(cfg.data.test_source, format=cfg.data.format, field_map=cfg.data.fields,
+                            on_invalid=cfg.data.on_invalid, report=report)
     if cfg.data.source == "builtin":
         from fedit.data.builtin import builtin_records
 
@@ -61,23 +65,42 @@ def load_test_records(cfg: Config) -> list[Record] | None:
     return None
 
 
-def prepare_data(cfg: Config) -> PreparedData:
-    """Load, split off the held-out set, and partition; deterministic in the config (and the data)."""
+def prepare_data(cfg: Config, log: Callable[[str], None] | None = None) -> PreparedData:
+    """Load, split off the held-out set, and partition; deterministic in the config (and the data).
+
+    With data.on_invalid = "skip", what was dropped (a count per reason, first locations) goes to the returned
+    stats under "invalid" (the run's partition/stats.json) and, line by line, to `log`.
+    """
+    invalid = InvalidRows()
+    data = _load_and_partition(cfg, invalid)
+    if cfg.data.on_invalid == "skip":
+        data.stats["invalid"] = invalid.to_dict()
+        if log is not None:
+            for line in invalid.lines():
+                log(line)
+    return data
+
+
+def _load_and_partition(cfg: Config, invalid: InvalidRows) -> PreparedData:
     from fedit.data.sources import load_records
     from fedit.partition import partition, partition_stats, split_test
+
+    def read(source: str | Path, fmt: str | None = None, fields: dict[str, str] | None = None) -> list[Record]:
+        return load_records(source, format=fmt or cfg.data.format, field_map=cfg.data.fields if fields is None
+                            else fields, on_invalid=cfg.data.on_invalid, report=invalid)
 
     src = cfg.data.source
     if is_partition_dir(src):  # made by `fedit partition`: use its clients and test split as they are
         root = Path(src)
         files = sorted(root.glob("client_*.jsonl"))
-        client_records = [load_records(f, format="dolly") for f in files]
-        test = (load_test_records(cfg) or (load_records(root / "test.jsonl", format="dolly")
-                                           if (root / "test.jsonl").is_file() else []))
+        client_records = [read(f, "dolly", {}) for f in files]
+        test = (load_test_records(cfg, invalid) or (read(root / "test.jsonl", "dolly", {})
+                                                    if (root / "test.jsonl").is_file() else []))
         stats = json.loads((root / "stats.json").read_text())
         return PreparedData(client_records, test, stats, _fingerprint(client_records, test))
 
-    records = load_records(src, format=cfg.data.format, field_map=cfg.data.fields)
-    test = load_test_records(cfg)
+    records = read(src)
+    test = load_test_records(cfg, invalid)
     if test is None:
         if cfg.partition.test_size > 0:
             train_idx, test_idx = split_test(records, cfg.partition.test_size, seed=cfg.run.seed)
@@ -218,7 +241,7 @@ def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = Fals
     else:
         store.check_create(overwrite)
     if data is None:
-        data = prepare_data(cfg)
+        data = prepare_data(cfg, log)
     strategy = build_strategy(cfg.strategy)
     bundle = build_model(cfg)  # a model that cannot load leaves no run directory behind
     with store:

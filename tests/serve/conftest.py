@@ -134,3 +134,14 @@ def server(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def micro_server(micro_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`fedit serve` on the micro model with one adapter ("run") and the default limits (the load test's server)."""
+    srv = Server(["--adapter", str(micro_run)], tmp_path_factory.mktemp("micro-server") / "serve.log")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()

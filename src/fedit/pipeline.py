@@ -20,7 +20,7 @@ from fedit.data.templates import Template, get_template
 from fedit.errors import CheckpointError, ConfigError
 from fedit.eval.evaluate import evaluate as evaluate_records
 from fedit.generation import GenerationSettings
-from fedit.model.load import load_base, resolve_model_path
+from fedit.model.load import load_base
 from fedit.model.lora import AdapterSlots, attach_lora, peft_lora_config, target_modules
 from fedit.server.checkpoint import RunStore
 from fedit.server.rounds import Reporter, run_rounds
@@ -127,7 +127,7 @@ class ModelBundle:
 
 def build_model(cfg: Config) -> ModelBundle:
     base, tokenizer = load_base(cfg.model)
-    base_name = resolve_model_path(cfg.model.name)
+    base_name = cfg.model.name  # as configured: "tiny" for the shipped base, never this machine's site-packages path
     model = attach_lora(base, cfg.lora, seed=cfg.run.seed, base_name=base_name)
     template = get_template(cfg.data.template, tokenizer)
     peft_config = peft_lora_config(cfg.lora, target_modules(base, cfg.lora.targets), base_name)

@@ -78,3 +78,25 @@ def test_marker_filter_catches_instruction_text() -> None:
     assert tiny_corpus.has_forbidden_marker("### Instruction:\nSay hi\n### Response:\nhi")
     assert tiny_corpus.has_forbidden_marker("Q: why?\nA: because")
     assert not tiny_corpus.has_forbidden_marker("A banana is yellow. The dog says woof.")
+
+
+def test_adapters_on_the_tiny_base_name_it_portably(tmp_path) -> None:
+    """An adapter trained on the shipped base records "tiny", not this machine's site-packages path, and fedit's
+    loaders resolve that name wherever fedit is installed."""
+    from peft import PeftModel
+
+    from fedit.config import Config
+    from fedit.model.load import load_base
+    from fedit.model.lora import read_adapter_config, save_adapter
+    from fedit.pipeline import build_model
+    from fedit.serve.session import resolve_adapter
+
+    cfg = Config().override({"model.device": "cpu", "lora.r": 2})
+    bundle = build_model(cfg)
+    save_adapter(bundle.trainer.slots.get(), tmp_path / "adapter", bundle.peft_config)
+    recorded = read_adapter_config(tmp_path / "adapter")["base_model_name_or_path"]
+    assert recorded == "tiny" and "site-packages" not in json.dumps(read_adapter_config(tmp_path / "adapter"))
+    assert resolve_adapter(tmp_path / "adapter").base == "tiny"  # a lone adapter dir: no run config to fall back on
+    base, _ = load_base(cfg.model)
+    loaded = PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
+    assert loaded.peft_config["default"].r == 2

@@ -24,6 +24,7 @@ from fedit.model.lora import load_adapter_params
 
 pytestmark = pytest.mark.slow
 KILLS = 10
+ROUNDS = 8
 
 
 def _start(args: list[str]) -> subprocess.Popen:
@@ -35,8 +36,8 @@ def test_ten_random_kills_and_resumes_give_the_uninterrupted_adapter(micro_model
                                                                      tmp_path: Path) -> None:
     cfg = Config().override({
         "model.name": str(micro_model_dir), "data.source": str(small_data_file), "partition.test_size": 2,
-        "model.device": "cpu", "partition.clients": 4, "run.fraction": 0.5, "run.rounds": 6,
-        "client.local_steps": 4, "client.batch_size": 4, "client.micro_batch_size": 2, "client.lr": 1e-2,
+        "model.device": "cpu", "partition.clients": 4, "run.fraction": 0.5, "run.rounds": ROUNDS,
+        "client.local_steps": 12, "client.batch_size": 4, "client.micro_batch_size": 2, "client.lr": 1e-2,
         "strategy.name": "fedadam", "run.eval_limit": 4, "run.eval_every": 2, "run.eval_generate": False,
         "lora.r": 4, "run.out": str(tmp_path / "killed"),
     })
@@ -57,22 +58,33 @@ def test_ten_random_kills_and_resumes_give_the_uninterrupted_adapter(micro_model
     rng = np.random.default_rng(20261202)
     kills, finished_early, t0 = 0, 0, time.monotonic()
     moments: list[tuple[float, int | None]] = []
+    per_round = (t_total - t_ready) / ROUNDS
+
+    def complete() -> int:
+        done = [int(p.name[6:]) for p in out.glob("round_*") if (p / "metrics.json").is_file()] if out.is_dir() else []
+        return max(done) if done else -1
+
     while kills < KILLS:
         args = ["--resume", str(out)] if (out / "run.json").is_file() else ["--config", str(cfg_file)]
+        before = complete()
         proc = _start(args)
-        # from late start-up (directory creation, round 0) to the end (the final copy and evaluation)
-        delay = float(rng.uniform(0.7 * t_ready, t_total))
+        launched = time.monotonic()
+        if rng.random() < 0.2:  # in start-up: imports, data, model load, directory creation
+            wait_until, extra = None, float(rng.uniform(0.3, t_ready))
+        else:  # mid-run: once the next round (or the one after) is saved, somewhere inside the round that follows
+            wait_until, extra = min(before + 1, ROUNDS), float(rng.uniform(0, per_round))
+        while wait_until is not None and complete() < wait_until and proc.poll() is None:
+            assert time.monotonic() - launched < 300, "the run made no progress"
+            time.sleep(0.01)
         try:
-            proc.wait(timeout=delay)
+            proc.wait(timeout=extra)
             finished_early += 1  # it ended on its own before the kill: resume it again (a no-op run) and go on
             assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
             kills += 1
-            done = [int(p.name[6:]) for p in out.glob("round_*") if (p / "metrics.json").is_file()] \
-                if out.is_dir() else []
-            moments.append((round(delay, 2), max(done) if done else None))
+            moments.append((round(time.monotonic() - launched, 2), complete()))
         finally:
             if proc.stderr:
                 proc.stderr.close()
@@ -80,17 +92,17 @@ def test_ten_random_kills_and_resumes_give_the_uninterrupted_adapter(micro_model
     resumed = pipeline.run(cfg, resume=out)
     print(f"\nstart-up {t_ready:.1f}s, whole run {t_total:.1f}s; kills at (delay s, last complete round): {moments}; "
           f"runs that finished before their kill: {finished_early}")
-    assert sum(1 for _, r in moments if r is not None and r < 6) >= KILLS // 2  # most kills landed mid-run
+    assert sum(1 for _, r in moments if 0 <= r < ROUNDS) >= KILLS // 2  # most kills landed mid-run
     assert resumed.final_params.keys() == ref.final_params.keys()
     for k, v in ref.final_params.items():
         assert torch.equal(resumed.final_params[k], v), k
     assert (out / "final" / "adapter_model.safetensors").read_bytes() == \
         (tmp_path / "ref" / "final" / "adapter_model.safetensors").read_bytes()
-    for r in range(1, 7):
+    for r in range(1, ROUNDS + 1):
         a = load_adapter_params(out / f"round_{r:04d}" / "adapter")
         b = load_adapter_params(tmp_path / "ref" / f"round_{r:04d}" / "adapter")
         assert all(torch.equal(a[k], b[k]) for k in b), r
     rows = [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rows == list(range(7))
+    assert rows == list(range(ROUNDS + 1))
     assert not list(out.glob(".tmp-*")) and not list(out.glob("*.corrupt*"))
     assert json.loads((out / "eval.json").read_text())["mean"] == ref.eval["mean"]

@@ -286,3 +286,8 @@ def test_implausible_updates_are_delivered_but_do_not_count_towards_min_clients(
     out = _engine(grid, {1: [0], 2: [1]}, min_clients=1, round_grace=0.05).train_round(1, [0, 1], GLOBAL, None)
     assert [u.client_id for u in out.updates] == [0, 1] and not out.failures  # the round loop judges NaN
     assert torch.isnan(out.updates[0].params["m.lora_A.weight"][0, 0])
+
+
+def test_discovery_waits_for_every_node_it_asked_not_only_the_first_that_suffices() -> None:
+    grid = StandInGrid({1: hosting(0), 2: hosting(1)}, delays={2: 0.4})
+    assert discover_nodes(grid, min_nodes=1, num_clients=0, timeout=20.0, poll=0.01) == {1: [0], 2: [1]}

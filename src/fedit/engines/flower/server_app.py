@@ -136,6 +136,7 @@ def discover_nodes(grid: Grid, min_nodes: int, num_clients: int, timeout: float,
         covered = {c for cs in hosted.values() for c in cs}
         return len(hosted) >= min_nodes and (num_clients == 0 or covered >= set(range(num_clients)))
 
+    enough_at: float | None = None
     while True:
         asked = hosted.keys() | problems.keys() | {m.metadata.dst_node_id for m in pending.values()}
         new = sorted((node_ids(grid) or set()) - asked)
@@ -143,7 +144,11 @@ def discover_nodes(grid: Grid, min_nodes: int, num_clients: int, timeout: float,
             pushed, _ = push(grid, [query_message(n, deadline - time.monotonic()) for n in new])
             pending.update(pushed)
         pending = poll_replies(grid, pending, lambda: 0.0, poll, take)  # one pull
-        if enough() or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if enough_at is None and enough():
+            enough_at = now
+        # enough nodes: still let every node already asked answer, unless one keeps us waiting QUERY_WAIT s
+        if (enough_at is not None and (not pending or now - enough_at >= QUERY_WAIT)) or now >= deadline:
             break
         time.sleep(poll)
     return _check_coverage(hosted, problems, min_nodes, num_clients, timeout)

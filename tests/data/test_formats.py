@@ -160,7 +160,7 @@ def test_parse_field_map_errors(items: list[str], needle: str) -> None:
     [
         ({"instruction": "q"}, "'response'", "missing"),
         ({"instruction": "", "response": "a"}, "'instruction'", "empty"),
-        ({"instruction": "q", "response": None}, "'response'", "missing"),
+        ({"instruction": "q", "response": None}, "'response'", "null"),
         ({"instruction": "q", "response": 42}, "'response'", "int 42"),
         ({"instruction": "q", "response": ["a", "b"]}, "'response'", "list"),
         ({"instruction": "q", "response": "a", "category": 3}, "'category'", "int 3"),

@@ -172,3 +172,24 @@ def test_data_inspect_reports_what_it_skipped(tmp_path: Path) -> None:
     assert r.exit_code == 2 and r.stderr.startswith(f"error: {path} line 2: field 'response' is missing")
     r = CliRunner().invoke(app, ["data", "inspect", str(path), "--on-invalid", "drop"])
     assert r.exit_code == 2 and "--on-invalid: got 'drop', expected one of: error, skip" in r.stderr
+
+
+def test_partition_reports_what_it_skipped(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedit.cli import app
+
+    rows = [json.dumps({"instruction": f"q{i}", "response": f"a{i}", "category": "c"}) for i in range(12)]
+    path = _lines(tmp_path / "p.jsonl", [rows[0], '{"instruction": "q"}', *rows[1:], "{oops"])
+    out = tmp_path / "parts"
+    args = ["partition", "--data", str(path), "--clients", "2", "--scheme", "iid", "--test-size", "2",
+            "--out", str(out)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and f"{path} line 2: field 'response' is missing" in r.stderr and not out.exists()
+    r = CliRunner().invoke(app, [*args, "--on-invalid", "skip"])
+    assert r.exit_code == 0, r.output
+    assert "skipped 2 invalid rows (data.on_invalid = 'skip'):" in r.stdout
+    assert f"1 x malformed JSON: {path} line 14" in r.stdout
+    stats = json.loads((out / "stats.json").read_text())
+    assert sum(stats["sizes"]) == 10 and stats["invalid"]["skipped"] == 2
+    assert stats["invalid"]["reasons"]["field 'response' is missing"] == {"count": 1, "first": [f"{path} line 2"]}

@@ -51,7 +51,7 @@ def test_whitespace_fields_are_data(raw: dict, fmt: str, instruction: str, respo
     [
         ({"instruction": "q", "response": ""}, "field 'response' is empty"),
         ({"instruction": "", "response": " "}, "field 'instruction' is empty"),
-        ({"instruction": "q", "response": None}, "field 'response' is missing"),
+        ({"instruction": "q", "response": None}, "field 'response' is null"),
         ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]},
          "messages[1] (assistant turn) is empty"),
     ],

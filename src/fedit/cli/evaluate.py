@@ -34,6 +34,17 @@ def metrics_table(result: dict[str, Any], title: str) -> Table:
 # ---------------------------------------------------------------- fedit eval / generate
 
 
+def check_eval_options(out: Path, batch_size: int, max_new_tokens: int, temperature: float = 0.0) -> None:
+    """Option values checked before any data is read or model loaded: a typo costs nothing."""
+    for ok, option, got, expected in [(batch_size >= 1, "--batch-size", batch_size, "an integer >= 1"),
+                                      (max_new_tokens >= 1, "--max-new-tokens", max_new_tokens, "an integer >= 1"),
+                                      (temperature >= 0, "--temperature", temperature, "a number >= 0 (0 = greedy)")]:
+        if not ok:
+            raise ConfigError(f"{option}: got {got!r}, expected {expected}")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; expected a file path for the results")
+
+
 def eval_command(
     adapter: Path = typer.Option(None, help="Adapter: a PEFT directory, a run directory (its final/) or a round "
                                             "directory. Omit to evaluate the base model."),
@@ -64,6 +75,7 @@ def _eval(adapter: Path | None, model: str | None, data: str | None, format: str
     from fedit.eval.evaluate import evaluate
     from fedit.generation import GenerationSettings
 
+    check_eval_options(out, batch_size, max_new_tokens)
     records = load_eval_records(data, format, parse_kv(field, "--field"), limit, adapter=adapter)
     target = load_target(adapter, model, template, device)
     console.print(f"evaluating {target.adapter or 'the base model'} ({target.model_name}) on {len(records)} records")
@@ -109,6 +121,7 @@ def _generate(adapter: Path | None, data: str | None, out: Path, model: str | No
     from fedit.eval.generate import generate_answers
     from fedit.generation import GenerationSettings
 
+    check_eval_options(out, batch_size, max_new_tokens, temperature)
     records = load_eval_records(data, format, parse_kv(field, "--field"), limit, adapter=adapter)
     target = load_target(adapter, model, template, device)
     t0 = time.perf_counter()

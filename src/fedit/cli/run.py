@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from fedit.cli.common import RichReporter, config_table, console, parse_kv, user_errors
+from fedit.cli.common import RichReporter, config_table, console, one_of, parse_kv, print_invalid, user_errors
 from fedit.config import RESUMABLE, Config
 from fedit.errors import ConfigError
 
@@ -154,15 +154,15 @@ def run_command(
     max_client_examples: int = typer.Option(None, help="Reject updates claiming more examples than this."),
 ) -> None:
     """Federated instruction tuning. With no arguments: the tiny shipped model on the built-in suite, 10 clients."""
-    overrides = run_overrides(locals())
-    overrides["run.out"] = out
-    _run(config, overrides, resume, overwrite)
+    _run(config, locals(), resume, overwrite)
 
 
 @user_errors
-def _run(config: Path | None, overrides: dict[str, Any], resume: Path | None, overwrite: bool) -> None:
+def _run(config: Path | None, options: dict[str, Any], resume: Path | None, overwrite: bool) -> None:
     from fedit import pipeline
 
+    overrides = run_overrides(options)  # inside user_errors: a bad --field is a one-line error too
+    overrides["run.out"] = options.get("out")
     if resume is not None:
         given = {k for k, v in overrides.items() if v is not None}
         if config is not None or given - RESUMABLE:
@@ -207,21 +207,41 @@ def partition_command(
     seed: int = typer.Option(0),
     out: Path = typer.Option(..., help="Output directory."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty output directory."),
+    on_invalid: str = typer.Option("error", help="Bad data rows: error (stop, naming file/line/field) | skip (drop "
+                                                 "them and report what was dropped)."),
 ) -> None:
     """Split data across clients (one JSONL per client), with a held-out test split, stats and a heterogeneity plot."""
-    _partition(data, clients, scheme, alpha, field_name, min_size, test_size, format, field, seed, out, overwrite)
+    _partition(data, clients, scheme, alpha, field_name, min_size, test_size, format, field, seed, out, overwrite,
+               on_invalid)
+
+
+def _check_partition_options(clients: int, test_size: int, min_size: int | None, seed: int, on_invalid: str) -> None:
+    from fedit.data.invalid import ON_INVALID
+
+    for ok, option, got, expected in [(clients >= 1, "--clients", clients, "an integer >= 1"),
+                                      (test_size >= 0, "--test-size", test_size, "an integer >= 0 (0 = none)"),
+                                      (min_size is None or min_size >= 0, "--min-size", min_size, "an integer >= 0"),
+                                      (seed >= 0, "--seed", seed, "an integer >= 0")]:
+        if not ok:
+            raise ConfigError(f"{option}: got {got!r}, expected {expected}")
+    one_of(on_invalid, "--on-invalid", ON_INVALID)
 
 
 @user_errors
 def _partition(data: str, clients: int, scheme: str, alpha: float, field_name: str | None, min_size: int | None,
-               test_size: int, format: str, field: list[str] | None, seed: int, out: Path, overwrite: bool) -> None:
+               test_size: int, format: str, field: list[str] | None, seed: int, out: Path, overwrite: bool,
+               on_invalid: str) -> None:
+    from fedit.data.invalid import InvalidRows
     from fedit.data.sources import load_records
     from fedit.outdir import check_output_dir, replace_output_dir
     from fedit.partition import partition, split_test, stats_table, write_partition
 
+    _check_partition_options(clients, test_size, min_size, seed, on_invalid)
     check_output_dir(out, overwrite, "--out")  # refuse before reading anything; delete only once it is all done
     t0 = time.perf_counter()
-    records = load_records(data, format=format, field_map=parse_kv(field, "--field"))
+    invalid = InvalidRows()
+    records = load_records(data, format=format, field_map=parse_kv(field, "--field"), on_invalid=on_invalid,
+                           report=invalid)
     test_records = []
     if test_size > 0:
         train_idx, test_idx = split_test(records, test_size, seed=seed)
@@ -229,7 +249,10 @@ def _partition(data: str, clients: int, scheme: str, alpha: float, field_name: s
         records = [records[i] for i in train_idx]
     parts = partition(records, clients, scheme, seed=seed, alpha=alpha, min_size=min_size, field=field_name)
     replace_output_dir(out, overwrite, "partition", "--out")
-    stats = write_partition(out, records, parts, test_records, scheme=scheme, seed=seed, alpha=alpha)
+    extra = {"invalid": invalid.to_dict()} if on_invalid == "skip" else None
+    stats = write_partition(out, records, parts, test_records, scheme=scheme, seed=seed, alpha=alpha, extra=extra)
     console.print(stats_table(stats))
+    if on_invalid == "skip":
+        print_invalid(invalid)
     console.print(f"{len(parts)} clients, {len(records)} training and {len(test_records)} held-out records "
                   f"written to {out} in {time.perf_counter() - t0:.2f}s (stats.json, heterogeneity.png)")

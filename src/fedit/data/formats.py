@@ -63,7 +63,9 @@ def _show(value: Any, limit: int = 60) -> str:
 
 def _required_str(raw: Mapping[str, Any], key: str, where: str) -> str:
     """A string field that must be present and not "" (whitespace is data: " " is a valid answer)."""
-    if key not in raw or raw[key] is None:
+    if key in raw and raw[key] is None:
+        raise RowError(where, f"field {key!r} is null; expected a non-empty string", f"field {key!r} is missing")
+    if key not in raw:
         keys = ", ".join(map(str, raw)) or "(none)"
         raise RowError(where, f"field {key!r} is missing (keys present: {keys}); expected a non-empty string",
                        f"field {key!r} is missing")

@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -42,22 +43,33 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # ---------------------------------------------------------------- file readers
 
 
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # also the start of UTF-32's
+
+
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM written by spreadsheet tools
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected a UTF-8 encoded file") from None
+        data = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read file ({e.strerror})") from None
+    if data.startswith(_UTF16_BOMS):
+        raise DataError(f"{path}: not UTF-8 text (it starts with a UTF-16 byte order mark); expected a UTF-8 "
+                        "encoded file (re-save it as UTF-8)")
+    try:
+        return data.decode("utf-8-sig")  # -sig: tolerate the UTF-8 BOM written by spreadsheet tools
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected a UTF-8 encoded file") from None
 
 
 def _json_failure(e: Exception) -> tuple[str, str]:
     """(what went wrong, the reason it is counted by) for an exception json.loads raised."""
     if isinstance(e, json.JSONDecodeError):
-        return f"malformed JSON ({e.msg} at column {e.colno})", "malformed JSON"
+        return f"malformed JSON ({e.msg.removesuffix(' at')} at column {e.colno})", "malformed JSON"
     if isinstance(e, RecursionError):
         return "JSON nested too deeply to read", "JSON nested too deeply"
-    return f"unreadable JSON value ({e})", "unreadable JSON value"  # e.g. Python's limit on integer digits
+    if "digits" in str(e):  # Python's limit on the digits of an integer read from text
+        return (f"unreadable JSON value (a number with more than {sys.get_int_max_str_digits()} digits)",
+                "JSON number with too many digits")
+    return f"unreadable JSON value ({e})", "unreadable JSON value"
 
 
 def _jsonl_rows(path: Path, text: str) -> Iterator[RawRow]:
@@ -89,7 +101,8 @@ def _read_json(path: Path) -> Iterator[RawRow]:
     try:
         items = json.loads(text) if head else []
     except json.JSONDecodeError as e:
-        raise DataError(f"{path} line {e.lineno} column {e.colno}: malformed JSON ({e.msg})") from None
+        raise DataError(f"{path} line {e.lineno} column {e.colno}: malformed JSON ({e.msg.removesuffix(' at')})"
+                        ) from None
     except (ValueError, RecursionError) as e:
         raise DataError(f"{path}: {_json_failure(e)[0]}; expected a JSON list of objects") from None
     return ((f"{path} index {i}", i, item) for i, item in enumerate(items))
@@ -138,8 +151,7 @@ def _csv_rows(path: Path, header: list[str], reader: Any) -> Iterator[RawRow]:
                                              "expected at most one value per column (quote values that contain "
                                              "commas)", "more values than the header has columns")
             else:
-                row = row + [None] * (len(header) - len(row))  # a short row: its trailing fields read as missing
-                yield where, start, dict(zip(header, row, strict=True))
+                yield where, start, dict(zip(header, row, strict=False))  # a short row lacks its trailing fields
         start = reader.line_num + 1
 
 
@@ -384,6 +396,9 @@ def load_records(source: str | Path, *, format: str = "auto", field_map: Mapping
     if format != "auto":
         get_format(format)  # fail on a bad name before reading anything
     text = str(source)
+    if not text.strip():
+        raise DataError(f"no data source given (got {text!r}); expected 'builtin', a data file or directory, or a "
+                        "Hugging Face dataset name")
     if text == "builtin":
         from fedit.data.builtin import builtin_records  # lazy: the suite is generated, not needed for file data
 
@@ -394,9 +409,9 @@ def load_records(source: str | Path, *, format: str = "auto", field_map: Mapping
         if report is not None:
             report.merge(skipped)
         if not records:
-            raise DataError(f"{text}: no valid records left: all {skipped.total} rows were invalid and skipped "
-                            f"({skipped.summary()}; first at {skipped.first()}); expected at least one valid "
-                            "instruction record")
+            rows = "its only row was" if skipped.total == 1 else f"all {skipped.total} rows were"
+            raise DataError(f"{text}: no valid records left: {rows} invalid and skipped ({skipped.summary()}; "
+                            f"first at {skipped.first()}); expected at least one valid instruction record")
     return records
 
 

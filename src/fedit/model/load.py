@@ -23,13 +23,34 @@ def resolve_model_path(name: str) -> str:
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """The torch device for a model.device setting; ConfigError for one this machine does not have."""
     if device != "auto":
-        return torch.device(device)
+        try:
+            picked = torch.device(device)
+        except RuntimeError as e:
+            raise ConfigError(f"model.device: got {device!r}, expected auto, cpu, cuda, cuda:N or mps ({e})") from None
+        _check_available(picked, device)
+        return picked
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _check_available(device: torch.device, name: str) -> None:
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"model.device={name!r}: no CUDA GPU is available here (torch "
+                              f"{torch.__version__}); use --device auto or cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"model.device={name!r}: this machine has {count} CUDA GPU(s), cuda:0 to "
+                              f"cuda:{count - 1}")
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"model.device={name!r}: Apple MPS is not available here; use --device auto or cpu")
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:

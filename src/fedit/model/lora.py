@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from fedit.atomic import staged_dir
 from fedit.config import LoraConfig
-from fedit.errors import CheckpointError
+from fedit.errors import CheckpointError, ConfigError
 from fedit.types import Params
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -49,9 +49,14 @@ def attach_lora(model: Any, cfg: LoraConfig, seed: int, base_name: str) -> Any:
     """Wrap `model` with a LoRA adapter named "default"; the init is seeded, so the same seed gives the same adapter."""
     from peft import get_peft_model
 
+    targets = target_modules(model, cfg.targets)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        peft_model = get_peft_model(model, peft_lora_config(cfg, target_modules(model, cfg.targets), base_name))
+        try:
+            peft_model = get_peft_model(model, peft_lora_config(cfg, targets, base_name))
+        except ValueError as e:  # peft's NoMatchingPeftModuleError for targets the model does not have
+            raise ConfigError(f"lora.targets: got {cfg.targets!r}, which matches no module of this model: {e}"
+                              ) from None
     return peft_model
 
 

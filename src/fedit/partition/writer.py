@@ -38,8 +38,10 @@ def write_partition(
     seed: int,
     alpha: float | None = None,
     field: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write every file atomically (temp name + os.replace) and return the stats written to stats.json.
+    """Write every file atomically (temp name + os.replace) and return the stats written to stats.json (with the
+    entries of `extra` added, e.g. what `--on-invalid skip` dropped).
 
     Client files of an earlier, larger partition in the same folder (and its test.jsonl when no test set is given)
     are removed so the folder always describes one partition.
@@ -63,6 +65,7 @@ def write_partition(
         stats["test"] = {"size": len(test_records), "counts": counts}
     elif (out / "test.jsonl").exists():
         (out / "test.jsonl").unlink()
+    stats.update(extra or {})
     write_text(out / "stats.json", json.dumps(stats, indent=1) + "\n")
     plot_heterogeneity(stats, out / "heterogeneity.png")
     return stats

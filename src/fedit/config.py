@@ -129,7 +129,10 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> Config:
         cfg = _build(cls, data, where)
-        cfg.validate()
+        try:
+            cfg.validate()
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
         return cfg
 
     @classmethod
@@ -199,6 +202,7 @@ class Config:
             (r.clients_per_round is None or r.clients_per_round >= 1, "run.clients_per_round", r.clients_per_round,
              "an integer >= 1"),
             (r.min_clients >= 1, "run.min_clients", r.min_clients, "an integer >= 1"),
+            (r.seed >= 0, "run.seed", r.seed, "an integer >= 0"),
             (r.engine in ("simulation", "flower"), "run.engine", r.engine, "'simulation' or 'flower'"),
             (r.nodes >= 1, "run.nodes", r.nodes, "an integer >= 1"),
             (r.eval_every >= 0, "run.eval_every", r.eval_every, "an integer >= 0"),
@@ -258,7 +262,10 @@ class Config:
             if value not in known and not (auto and value == "auto"):
                 choices = (["auto"] if auto else []) + known
                 raise ConfigError(f"{key}: got {value!r}, expected one of: {', '.join(choices)}")
-        parse_faults(self.run.faults, "run.faults")
+        for f in parse_faults(self.run.faults, "run.faults"):
+            if f.round is not None and f.round > self.run.rounds:
+                raise ConfigError(f"run.faults: {f.spec!r} names round {f.round}, but run.rounds is {self.run.rounds}"
+                                  " (it would never fire)")
 
 
 def _build(cls: type, data: Any, where: str, prefix: str = "") -> Any:

@@ -56,7 +56,14 @@ def check_output_dir(path: str | Path, overwrite: bool, what: str = "output dire
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{what} {path} is a file, not a directory")
-    if not path.exists() or not any(path.iterdir()):
+    if not path.exists():
+        parent = next(p for p in path.absolute().parents if p.exists())
+        if not parent.is_dir():
+            raise CheckpointError(f"{what} {path}: {parent} is not a directory, so nothing can be created under it")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise CheckpointError(f"{what} {path}: cannot create it, {parent} is not writable")
+        return False
+    if not any(path.iterdir()):
         return False
     kind = marker_kind(path)
     if not overwrite:

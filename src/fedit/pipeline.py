@@ -24,6 +24,7 @@ from fedit.model.load import load_base
 from fedit.model.lora import AdapterSlots, attach_lora, peft_lora_config, target_modules
 from fedit.server.checkpoint import RunStore
 from fedit.server.rounds import Reporter, run_rounds
+from fedit.server.sampling import check_run_shape
 from fedit.strategies import build_strategy
 from fedit.types import Params, RunResult
 
@@ -214,6 +215,10 @@ def check_resume_config(root: Path, cfg: Config) -> None:
         saved = Config.from_file(saved_file)
     except ConfigError as e:
         raise CheckpointError(f"cannot resume {root}: its saved config is unreadable ({e})") from None
+    done = RunStore(root).latest_round()
+    if done is not None and done > cfg.run.rounds:
+        raise ConfigError(f"run.rounds={cfg.run.rounds} but {root} already has {done} rounds; resume with "
+                          f"--rounds {done} or more")
     changed = [d for d in saved.differences(cfg) if d[0] not in RESUMABLE]
     if changed:
         shown = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in changed[:5])
@@ -242,6 +247,7 @@ def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = Fals
         store.check_create(overwrite)
     if data is None:
         data = prepare_data(cfg, log)
+    check_run_shape(cfg.run, len(data.client_records))
     strategy = build_strategy(cfg.strategy)
     bundle = build_model(cfg)  # a model that cannot load leaves no run directory behind
     with store:

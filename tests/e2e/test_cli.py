@@ -47,7 +47,8 @@ def test_run_resume_and_summary(micro_model_dir: Path, small_data_file: Path, tm
     assert str(small_data_file) in saved and "local_steps = 2" in saved
     # refuse to overwrite, then resume with more rounds; other settings cannot change on resume
     assert_user_error(cli("run", *common, "--rounds", "1", "--out", str(out)), "not empty", "--overwrite")
-    assert_user_error(cli("run", "--resume", str(out), "--lr", "0.1"), "only --rounds", "client.lr")
+    assert_user_error(cli("run", "--resume", str(out), "--lr", "0.1"), "continues a run with its saved settings",
+                      "--rounds", "client.lr")
     p = cli("run", "--resume", str(out), "--rounds", "2")
     assert p.returncode == 0, p.stdout + p.stderr
     rounds = [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -14,6 +14,16 @@ from fedit.serve.protocol import DEFAULT_MAX_PROMPT_TOKENS
 ADAPTER_HELP = ("A run directory (uses final/), a round directory (round_NNNN), or a PEFT adapter directory; "
                 "NAME=DIR names it. Repeat to serve several adapters (e.g. rounds) on one base.")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+
+
+def check_template_name(template: str | None) -> None:
+    """An unknown --template is a typo: say so before any model loads."""
+    from fedit.data.templates import TEMPLATES
+    from fedit.errors import ConfigError
+
+    if template is not None and template != "auto" and template not in TEMPLATES:
+        raise ConfigError(f"--template: got {template!r}, expected one of: auto, {', '.join(TEMPLATES.names())}")
 
 
 def _sources(adapter: list[str], model: str | None, template: str | None, include_base: bool = False,
@@ -66,6 +76,7 @@ def chat_command(
 
     quiet_transformers()
     settings = _settings(temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed)
+    check_template_name(template)
     session = _load(_sources(adapter, model, template), device)
     name = use or session.names[0]
     if name not in session.names:
@@ -94,6 +105,11 @@ def _serve(adapter: list[str], model: str | None, template: str | None, host: st
     if max_tokens < 1 or max_body < 1024 or max_queue < 1 or max_prompt_tokens < 1 or not body_timeout > 0:
         raise ConfigError("limits: expected --max-tokens >= 1, --max-body >= 1024, --max-queue >= 1, "
                           "--max-prompt-tokens >= 1, --body-timeout > 0")
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port: got {port}, expected a TCP port in 1..65535")
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"--log-level: got {log_level!r}, expected one of: {', '.join(LOG_LEVELS)}")
+    check_template_name(template)
     if host not in LOOPBACK and not api_key:
         err_console.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach this "
                           "machine can use the model")

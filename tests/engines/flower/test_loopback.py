@@ -159,7 +159,7 @@ def test_faulty_clients_and_a_hung_node_cost_only_themselves(flower_cfg, deploym
     faults = ["crash@1:0", "slow@1:3=3", "nan@2:1", "lie@2:2", "hang@3:1"]
     cfg = flower_cfg.override({"run.out": str(tmp_path / "run"), "run.rounds": 3, "run.clients_per_round": 4,
                                "run.min_clients": 2, "run.faults": faults})
-    result = run_flower(cfg, round_timeout=300.0, round_grace=15.0, on_deploy=deployments.append,
+    result = run_flower(cfg, threads=1, round_timeout=300.0, round_grace=15.0, on_deploy=deployments.append,
                         log=lambda m: None)
     rounds = _rounds(tmp_path / "run")
     print("\n" + "\n".join(f"round {r}: {m['round_seconds']:.1f}s, replied {m['replied']}, failed {m['failed']}"
@@ -179,6 +179,16 @@ def test_faulty_clients_and_a_hung_node_cost_only_themselves(flower_cfg, deploym
     assert r3["round_seconds"] < 100.0  # the round timeout is 300 s
     for k, t in result.final_params.items():
         assert torch.isfinite(t).all(), k
+    # ... and it is exactly the run in which those clients simply failed (the simulator, one thread, crashes)
+    crashed = ["crash@1:0", "crash@2:1", "crash@2:2", "crash@3:1", "crash@3:3"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plain = pipeline.run(cfg.override({"run.out": str(tmp_path / "plain"), "run.faults": crashed}))
+    finally:
+        torch.set_num_threads(threads)
+    for k, v in plain.final_params.items():
+        assert torch.equal(result.final_params[k], v), k
     for name, proc in deployments[0].procs.items():
         assert proc.poll() is not None and not _group_alive(proc.pid), name
 

@@ -129,7 +129,7 @@ class ModelBundle:
 def build_model(cfg: Config) -> ModelBundle:
     base, tokenizer = load_base(cfg.model)
     base_name = cfg.model.name  # as configured: "tiny" for the shipped base, never this machine's site-packages path
-    model = attach_lora(base, cfg.lora, seed=cfg.run.seed, base_name=base_name)
+    model = attach_lora(base, cfg.lora, seed=cfg.run.seed)
     template = get_template(cfg.data.template, tokenizer)
     peft_config = peft_lora_config(cfg.lora, target_modules(base, cfg.lora.targets), base_name)
     return ModelBundle(model, tokenizer, template, peft_config, LocalTrainer.for_model(model, tokenizer))

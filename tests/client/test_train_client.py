@@ -21,7 +21,7 @@ from fedit.model.lora import attach_lora
 @pytest.fixture(scope="module")
 def setup(micro_model_dir: Path):
     base, tok = load_base(ModelConfig(name=str(micro_model_dir), device="cpu"))
-    model = attach_lora(base, LoraConfig(r=4, alpha=8, dropout=0.05), seed=0, base_name="m")
+    model = attach_lora(base, LoraConfig(r=4, alpha=8, dropout=0.05), seed=0)
     trainer = LocalTrainer.for_model(model, tok)
     recs = [Record(instruction=f"Repeat {w}", response=f"{w} {w}") for w in ["apple", "pear", "plum", "fig"] * 4]
     data = tokenize_records(recs, get_template("alpaca-short", tok), tok)

@@ -16,8 +16,7 @@ from fedit.model.lora import AdapterSlots, attach_lora, load_adapter_params, pef
 @pytest.fixture
 def peft_model(micro_model_dir: Path):
     base, _ = load_base(ModelConfig(name=str(micro_model_dir), device="cpu"))
-    return attach_lora(base, LoraConfig(r=4, alpha=8, dropout=0.0, targets=["auto"]), seed=1,
-                       base_name=str(micro_model_dir))
+    return attach_lora(base, LoraConfig(r=4, alpha=8, dropout=0.0, targets=["auto"]), seed=1)
 
 
 def test_payload_is_adapter_only_and_seeded(peft_model, micro_model_dir: Path) -> None:
@@ -27,8 +26,7 @@ def test_payload_is_adapter_only_and_seeded(peft_model, micro_model_dir: Path) -
     assert {k.split(".")[-3] for k in p} == {"q_proj", "v_proj"}  # the llama default
     assert all(torch.count_nonzero(v) == 0 for k, v in p.items() if "lora_B" in k)  # B = 0: the base model
     base2, _ = load_base(ModelConfig(name=str(micro_model_dir), device="cpu"))
-    again = AdapterSlots(attach_lora(base2, LoraConfig(r=4, alpha=8, dropout=0.0, targets=["auto"]), seed=1,
-                                     base_name="x")).get()
+    again = AdapterSlots(attach_lora(base2, LoraConfig(r=4, alpha=8, dropout=0.0, targets=["auto"]), seed=1)).get()
     assert all(torch.equal(p[k], again[k]) for k in p)
 
 
@@ -68,6 +66,6 @@ def test_saved_adapter_loads_with_peft(peft_model, micro_model_dir: Path, tmp_pa
 
 def test_default_targets_are_all_linear(micro_model_dir: Path) -> None:
     base, _ = load_base(ModelConfig(name=str(micro_model_dir), device="cpu"))
-    p = AdapterSlots(attach_lora(base, LoraConfig(), seed=0, base_name="m")).get()
+    p = AdapterSlots(attach_lora(base, LoraConfig(), seed=0)).get()
     assert {k.split(".")[-3] for k in p} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                              "down_proj"}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from live_server import Server, free_port  # noqa: E402, F401 - shared with the HTTP fuzz corpus
 
 
 def make_run(model_dir: Path, run_dir: Path, rounds: int = 2, template: str = "alpaca-short",
@@ -20,7 +23,7 @@ def make_run(model_dir: Path, run_dir: Path, rounds: int = 2, template: str = "a
 
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     lora = LoraConfig(r=4, alpha=8, dropout=0.0)
-    model = attach_lora(base, lora, seed=0, base_name=str(model_dir))
+    model = attach_lora(base, lora, seed=0)
     slots = AdapterSlots(model)
     peft_config = peft_lora_config(lora, target_modules(base, None), str(model_dir))
     cfg = Config().override({"model.name": str(model_dir), "data.template": template, "run.rounds": rounds})
@@ -69,58 +72,6 @@ def micro_run(micro_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 API_KEY = "test-key-123"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A `fedit serve` subprocess on a free loopback port."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        import subprocess
-        import sys
-
-        self.port = free_port()
-        self.api_key = args[args.index("--api-key") + 1] if "--api-key" in args else None
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        cmd = [sys.executable, "-m", "fedit.cli", "serve", "--port", str(self.port), *args]
-        with open(log, "w") as out:  # the child keeps its own copy of the descriptor
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as in the test process (see _one_torch_thread)
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        import time
-
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"fedit serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"fedit serve did not come up in {timeout}s:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        import subprocess
-
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from live_server import free_port  # tests/ is on sys.path (tests/serve/conftest.py)
 
 from fedit.serve import protocol as P
 from fedit.serve.api import create_app
@@ -35,14 +36,6 @@ class Live:
         return self.app.state.worker
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live(micro_run: Path) -> Iterator[Live]:
     """`create_app` on a real uvicorn server in a thread of this process (so tests can hold the model lock)."""
@@ -50,7 +43,7 @@ def live(micro_run: Path) -> Iterator[Live]:
 
     session = ModelSession.load(parse_adapter_args([str(micro_run)]))
     app = create_app(session, P.Limits(max_queue=4, body_timeout_s=2.0))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

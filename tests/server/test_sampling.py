@@ -14,8 +14,10 @@ def test_fraction_count_and_minimum() -> None:
     assert clients_per_round(RunConfig(fraction=0.05), 10) == 1
     assert clients_per_round(RunConfig(fraction=0.05, min_clients=4), 10) == 4
     assert clients_per_round(RunConfig(fraction=0.3, clients_per_round=7), 10) == 7
-    with pytest.raises(ConfigError, match="12 clients per round.*only 10 clients"):
+    with pytest.raises(ConfigError, match=r"run.clients_per_round: got 12, but the run has only 10 client"):
         clients_per_round(RunConfig(clients_per_round=12), 10)
+    with pytest.raises(ConfigError, match=r"run.min_clients: got 11, but the run has only 10 client"):
+        clients_per_round(RunConfig(min_clients=11), 10)
 
 
 def test_seeded_per_round_and_varied() -> None:

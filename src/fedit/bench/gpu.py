@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import warnings
 from typing import Any
 
 from fedit.bench.common import Row, print_table, ratio, write_json
@@ -106,10 +105,9 @@ def run(smoke: bool = False, seq_len: int | None = None, micro: int | None = Non
     else:
         name = "cpu"
     t_start = time.perf_counter()
-    warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*")
     base = build_model(shape, device, dtype, seq_len)
     model = attach_lora(base, LoraConfig(r=lora_r, alpha=2 * lora_r, dropout=0.05, targets=["q_proj", "v_proj"]),
-                        seed=0, base_name="random-0.5b")
+                        seed=0)
     if compile_layers:  # opt-in: fuses the elementwise ops of each decoder layer (first steps pay compilation)
         for layer in model.get_base_model().model.layers:
             layer.compile()

@@ -36,7 +36,7 @@ def target_modules(model: Any, targets: list[str] | None) -> list[str] | str:
     return DEFAULT_TARGETS.get(getattr(model.config, "model_type", ""), "all-linear")
 
 
-def peft_lora_config(cfg: LoraConfig, targets: list[str] | str, base_name: str) -> Any:
+def peft_lora_config(cfg: LoraConfig, targets: list[str] | str, base_name: str | None) -> Any:
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(
@@ -45,15 +45,18 @@ def peft_lora_config(cfg: LoraConfig, targets: list[str] | str, base_name: str) 
     )
 
 
-def attach_lora(model: Any, cfg: LoraConfig, seed: int, base_name: str) -> Any:
-    """Wrap `model` with a LoRA adapter named "default"; the init is seeded, so the same seed gives the same adapter."""
+def attach_lora(model: Any, cfg: LoraConfig, seed: int) -> Any:
+    """Wrap `model` with a LoRA adapter named "default"; the init is seeded, so the same seed gives the same adapter.
+
+    The live model's PEFT config names the base as peft finds it (its load path); what saved adapters record is
+    the run's own `peft_lora_config(..., base_name)`, so the two never need to agree (and peft does not warn)."""
     from peft import get_peft_model
 
     targets = target_modules(model, cfg.targets)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            peft_model = get_peft_model(model, peft_lora_config(cfg, targets, base_name))
+            peft_model = get_peft_model(model, peft_lora_config(cfg, targets, None))
         except ValueError as e:  # peft's NoMatchingPeftModuleError for targets the model does not have
             raise ConfigError(f"lora.targets: got {cfg.targets!r}, which matches no module of this model: {e}"
                               ) from None

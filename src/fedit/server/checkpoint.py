@@ -52,7 +52,7 @@ class RunStore:
     # ---- lifecycle ----------------------------------------------------------------------------------------------
     def check_create(self, overwrite: bool) -> None:
         """Refuse early (before any model is loaded) if `create` would have to refuse."""
-        if check_output_dir(self.root, overwrite, resume_hint=True) and overwrite:
+        if check_output_dir(self.root, overwrite, resume_hint=True):  # True: a fedit run that --overwrite replaces
             self._refuse_if_locked()
 
     def create(self, config_toml: str, info: dict[str, Any], overwrite: bool) -> None:

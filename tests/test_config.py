@@ -50,3 +50,36 @@ def test_unknown_override_and_missing_file(tmp_path: Path) -> None:
         Config().override({"run.nope": 1})
     with pytest.raises(ConfigError, match="config file not found"):
         Config.from_file(tmp_path / "missing.toml")
+
+
+def test_strategy_tables_legacy_keys_and_strategy_opt(tmp_path: Path) -> None:
+    from fedit.cli.run import run_overrides
+
+    p = tmp_path / "c.toml"
+    p.write_text('[strategy]\nname = "fedadam"\n[strategy.fedadam]\ntau = 0.01\n[strategy.fedprox]\nmu = 0.5\n')
+    cfg = Config.from_file(p)
+    assert cfg.strategy.settings().tau == 0.01 and cfg.strategy.settings("fedprox").mu == 0.5
+    assert Config.from_toml(cfg.to_toml()) == cfg
+    # switching keeps the other table; a flag sets the selected strategy's setting
+    switched = cfg.override({"strategy.name": "fedprox", "strategy.mu": 0.7})
+    assert switched.strategy.settings().mu == 0.7 and switched.strategy.settings("fedadam").tau == 0.01
+    with pytest.raises(ConfigError, match=r"strategy.mu: strategy 'fedadam' has no setting 'mu'; its settings: "):
+        cfg.override({"strategy.mu": 0.7})
+    # config v1 (older runs): flat keys go to the selected strategy; unused v1 defaults are dropped, others refused
+    v1 = tmp_path / "v1.toml"
+    v1.write_text('[strategy]\nname = "fedprox"\nserver_lr = 0.01\nbeta1 = 0.9\nbeta2 = 0.99\ntau = 0.001\nmu = 0.3\n')
+    assert Config.from_file(v1).strategy.settings().mu == 0.3
+    v1.write_text('[strategy]\nname = "fedavg"\nmu = 0.3\n')
+    with pytest.raises(ConfigError, match=r"strategy.mu: not a setting of strategy 'fedavg'"):
+        Config.from_file(v1)
+    v1.write_text('[strategy]\nname = "fedavg"\n[strategy.nosuch]\nx = 1\n')
+    with pytest.raises(ConfigError, match=r"\[strategy.nosuch\]: no strategy is called 'nosuch'"):
+        Config.from_file(v1)
+    # --strategy-opt values are typed like TOML values
+    over = run_overrides({"strategy": "fedadam", "strategy_opt": ["bias_correction=true", "server_lr=0.05"]})
+    got = Config().override(over).strategy.settings()
+    assert got.bias_correction is True and got.server_lr == 0.05
+    with pytest.raises(ConfigError, match="strategy.fedadam.bias_correction: expected true or false"):
+        Config().override(run_overrides({"strategy": "fedadam", "strategy_opt": ["bias_correction=maybe"]}))
+    a, b = Config(), Config().override({"strategy.name": "fedadam", "strategy.fedadam.tau": 0.01})
+    assert ("strategy.fedadam.tau", None, 0.01) in a.differences(b)

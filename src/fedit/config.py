@@ -81,12 +81,29 @@ class ClientConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "fedavg"  # fedavg | fedadam | fedprox
-    server_lr: float = 1e-2  # fedadam: eta
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3  # fedadam: adaptivity
-    mu: float = 0.01  # fedprox: proximal weight
+    """`[strategy] name = ...` plus one table per strategy, `[strategy.<name>]`, typed by the config dataclass
+    registered with that strategy (fedit.strategies): a new strategy brings its own settings."""
+
+    name: str = "fedavg"
+    tables: dict[str, Any] = field(default_factory=dict)  # strategy name -> its config dataclass instance
+
+    def settings(self, name: str | None = None) -> Any:
+        """The settings of strategy `name` (default: the selected one), its defaults if no table was given."""
+        from fedit.strategies import STRATEGIES
+
+        name = name or self.name
+        if name not in self.tables:
+            self.tables[name] = STRATEGIES.get(name).config_class()
+        return self.tables[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        self.settings()  # the selected strategy's table is always written out, defaults included
+        return {"name": self.name, **{n: dataclasses.asdict(t) for n, t in sorted(self.tables.items())}}
+
+
+# The flat [strategy] keys of config v1 (older runs' config.toml): read as the selected strategy's settings; those it
+# does not have are dropped when they hold their v1 default (v1 wrote every key, used or not).
+V1_STRATEGY_DEFAULTS = {"server_lr": 1e-2, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3, "mu": 0.01}
 
 
 @dataclass
@@ -160,24 +177,45 @@ class Config:
         return cls.from_dict(data, where=where)
 
     def override(self, dotted: dict[str, Any]) -> Config:
-        """A copy with `section.key` values replaced (CLI flags); None values are ignored."""
+        """A copy with `section.key` values replaced (CLI flags); None values are ignored. Strategy settings are
+        `strategy.<name>.key`, or `strategy.key` for the selected strategy's."""
         data = self.to_dict(keep_none=True)
+        selected: dict[str, Any] = {}  # `strategy.KEY`: a setting of whichever strategy ends up selected
         for key, value in dotted.items():
             if value is None:
                 continue
             section, _, name = key.partition(".")
-            if section not in data or name not in data[section]:
+            table, _, sub = name.partition(".")
+            if section == "strategy" and sub:
+                data["strategy"].setdefault(table, {})[sub] = value
+            elif section == "strategy" and name != "name":
+                selected[name] = value
+            elif section not in data or name not in data[section]:
                 raise ConfigError(f"unknown setting {key!r}")
-            data[section][name] = value
+            else:
+                data[section][name] = value
+        if selected:
+            from fedit.strategies import STRATEGIES
+
+            chosen = data["strategy"]["name"]
+            if chosen in STRATEGIES:
+                known = {f.name for f in fields(STRATEGIES.get(chosen).config_class)}
+                for name, value in selected.items():
+                    if name not in known:
+                        raise ConfigError(f"strategy.{name}: strategy {chosen!r} has no setting {name!r}; its "
+                                          f"settings: {', '.join(sorted(known)) or '(none)'}")
+                    data["strategy"].setdefault(chosen, {})[name] = value
         return Config.from_dict(data, where="command line")
 
     def differences(self, other: Config) -> list[tuple[str, Any, Any]]:
         """(dotted key, this value, other's value) for every setting where the two differ."""
-        a, b = self.to_dict(keep_none=True), other.to_dict(keep_none=True)
-        return [(f"{s}.{k}", a[s][k], b[s][k]) for s in a for k in a[s] if a[s][k] != b[s][k]]
+        a, b = _flatten(self.to_dict(keep_none=True)), _flatten(other.to_dict(keep_none=True))
+        return [(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
     def to_dict(self, keep_none: bool = False) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self) if f.name != "strategy"}
+        d["strategy"] = self.strategy.to_dict()
+        d = {f.name: d[f.name] for f in fields(self)}
         if not keep_none:
             d = {s: {k: v for k, v in sec.items() if v is not None} for s, sec in d.items()}
         return d
@@ -222,11 +260,6 @@ class Config:
             (lo.alpha > 0, "lora.alpha", lo.alpha, "a number > 0"),
             (0 <= lo.dropout < 1, "lora.dropout", lo.dropout, "a number in [0, 1)"),
             (d.cutoff_len >= 8, "data.cutoff_len", d.cutoff_len, "an integer >= 8"),
-            (s.server_lr > 0, "strategy.server_lr", s.server_lr, "a number > 0"),
-            (s.mu >= 0, "strategy.mu", s.mu, "a number >= 0"),
-            (s.tau > 0, "strategy.tau", s.tau, "a number > 0 (it keeps FedAdam's step finite where v = 0)"),
-            (0 <= s.beta1 < 1, "strategy.beta1", s.beta1, "a number in [0, 1)"),
-            (0 <= s.beta2 < 1, "strategy.beta2", s.beta2, "a number in [0, 1)"),
             (c.warmup_steps >= 0, "client.warmup_steps", c.warmup_steps, "an integer >= 0"),
             (c.weight_decay >= 0, "client.weight_decay", c.weight_decay, "a number >= 0"),
             (r.eval_limit is None or r.eval_limit >= 1, "run.eval_limit", r.eval_limit, "an integer >= 1"),
@@ -241,6 +274,10 @@ class Config:
             (_DEVICE.match(self.model.device) is not None, "model.device", self.model.device,
              "auto, cpu, cuda, cuda:N or mps"),
         ]
+        from fedit.strategies.base import config_checks
+
+        for name, table in sorted(s.tables.items()):
+            checks += [(ok, f"strategy.{name}.{key}", got, exp) for ok, key, got, exp in config_checks(table)]
         for ok, key, got, expected in checks:
             if not ok:
                 raise ConfigError(f"{key}: got {got!r}, expected {expected}")
@@ -280,11 +317,60 @@ def _build(cls: type, data: Any, where: str, prefix: str = "") -> Any:
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         tp = hints[name]
-        if is_dataclass(tp):
+        if tp is StrategyConfig:
+            kwargs[name] = _build_strategy(value, where)
+        elif is_dataclass(tp):
             kwargs[name] = _build(tp, value, where, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, tp, f"{prefix}{name}", where)
     return cls(**kwargs)
+
+
+def _build_strategy(data: Any, where: str) -> StrategyConfig:
+    """[strategy]: `name`, tables of registered strategies, and v1's flat keys (see V1_STRATEGY_DEFAULTS)."""
+    from fedit.strategies import STRATEGIES
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: [strategy] should be a table, got {type(data).__name__}")
+    name = _coerce(data.get("name", "fedavg"), str, "strategy.name", where)
+    if name not in STRATEGIES:
+        raise ConfigError(f"{where}: strategy.name: got {name!r}, expected one of: {', '.join(STRATEGIES.names())}")
+    tables: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "name":
+            continue
+        if key in STRATEGIES:
+            tables[key] = _build(STRATEGIES.get(key).config_class, value, where, f"strategy.{key}.")
+        elif isinstance(value, dict):
+            raise ConfigError(f"{where}: [strategy.{key}]: no strategy is called {key!r}; expected one of: "
+                              f"{', '.join(STRATEGIES.names())}")
+        else:
+            flat[key] = value
+    own = STRATEGIES.get(name).config_class
+    known = {f.name for f in fields(own)}
+    if flat:
+        table = dataclasses.asdict(tables[name]) if name in tables else {}
+        for key, value in flat.items():
+            if key in known:
+                table[key] = value
+            elif not (key in V1_STRATEGY_DEFAULTS and value == V1_STRATEGY_DEFAULTS[key]):
+                raise ConfigError(f"{where}: strategy.{key}: not a setting of strategy {name!r}; its settings: "
+                                  f"{sorted(known) or '(none)'}")
+        tables[name] = _build(own, table, where, f"strategy.{name}.")
+    return StrategyConfig(name, tables)
+
+
+def _flatten(d: dict[str, Any]) -> dict[str, Any]:
+    """{"section.key": value}, the strategy tables one level deeper ("strategy.fedadam.tau")."""
+    out: dict[str, Any] = {}
+    for section, values in d.items():
+        for k, v in values.items():
+            if section == "strategy" and isinstance(v, dict):
+                out.update({f"strategy.{k}.{kk}": vv for kk, vv in v.items()} or {f"strategy.{k}": {}})
+            else:
+                out[f"{section}.{k}"] = v
+    return out
 
 
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:

@@ -133,4 +133,4 @@ class FaultPlan:
         n = update.num_examples
         if "lie" in found:
             n = int(found["lie"].value) if found["lie"].value is not None else DEFAULT_LIE
-        return ClientUpdate(update.client_id, params, n, dict(update.metrics))
+        return ClientUpdate(update.client_id, params, n, dict(update.metrics), dict(update.extras))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,16 @@ def data_on_nodes(cfg: Config, client_ids: list[int]) -> PreparedData:
     return PreparedData([[] for _ in range(n)], test, stats, h.hexdigest())
 
 
+def _matters(key: str, saved: Config, cfg: Config) -> bool:
+    """Whether a changed setting changes the run: another strategy's table does not; when the strategy itself
+    changed, its name says it all."""
+    if not key.startswith("strategy.") or key == "strategy.name":
+        return True
+    if saved.strategy.name != cfg.strategy.name:
+        return False
+    return key.startswith(f"strategy.{cfg.strategy.name}.")
+
+
 def check_resume_config(root: Path, cfg: Config) -> None:
     """Refuse to resume `root` with settings that change what its finished rounds computed (library API and Flower
     path alike; the CLI builds `cfg` from the saved config plus the options it allows)."""
@@ -219,7 +230,7 @@ def check_resume_config(root: Path, cfg: Config) -> None:
     if done is not None and done > cfg.run.rounds:
         raise ConfigError(f"run.rounds={cfg.run.rounds} but {root} already has {done} rounds; resume with "
                           f"--rounds {done} or more")
-    changed = [d for d in saved.differences(cfg) if d[0] not in RESUMABLE]
+    changed = [d for d in saved.differences(cfg) if d[0] not in RESUMABLE and _matters(d[0], saved, cfg)]
     if changed:
         shown = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in changed[:5])
         more = f" (and {len(changed) - 5} more)" if len(changed) > 5 else ""
@@ -261,7 +272,8 @@ def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = Fals
             cfg.save(store.root / "config.toml")  # the resumable settings as they are now (rounds, eval, ...)
         else:
             store.create(cfg.to_toml(), {"fedit_version": __version__, "data_fingerprint": data.fingerprint,
-                                         "num_clients": len(data.client_records)}, overwrite)
+                                         "num_clients": len(data.client_records), "run_id": uuid.uuid4().hex},
+                         overwrite)
             atomic_write_json(store.root / "partition" / "stats.json", data.stats)
             try:
                 from fedit.partition import plot_heterogeneity
@@ -276,11 +288,13 @@ def _run_in(cfg: Config, store: RunStore, data: PreparedData, strategy: Any, bun
             reporter: Reporter | None, engine: Any, log: Any) -> RunResult:
     """The rounds and the final evaluation, inside a created (or reopened) and locked run directory."""
     slots = bundle.trainer.slots
+    base_weights = bundle.trainer.base
     evaluate = make_evaluator(cfg, bundle, data.test, slots)
     latest = store.load_latest_usable(log) if resumed else None
+    delta: Params = {}
     if latest is None:  # a new run, or a resumed one that never finished round 0: (re)start from the LoRA init
         params = slots.get()  # LoRA init (B = 0): the base model's behaviour
-        state = strategy.init_state(params)
+        state = strategy.init_state(params, len(data.client_records))
         metrics0: dict[str, Any] = {"round": 0, "sampled": [], "replied": []}
         if evaluate is not None:
             metrics0["eval"] = evaluate(params)
@@ -291,6 +305,7 @@ def _run_in(cfg: Config, store: RunStore, data: PreparedData, strategy: Any, bun
         start, params, state, _ = latest
         if start > cfg.run.rounds:
             raise ConfigError(f"run.rounds={cfg.run.rounds} but {store.root} already has {start} rounds")
+        delta = store.base_delta(start)
     store.rebuild_metrics()
 
     if engine is None:
@@ -299,12 +314,18 @@ def _run_in(cfg: Config, store: RunStore, data: PreparedData, strategy: Any, bun
         from fedit.engines.simulation import ClientDataCache, SimulationEngine
 
         engine = SimulationEngine(bundle.trainer,
-                                  ClientDataCache(data.client_records, bundle.template, bundle.tokenizer, cfg), cfg)
+                                  ClientDataCache(data.client_records, bundle.template, bundle.tokenizer, cfg), cfg,
+                                  plan=strategy.client_plan(), load_state=store.client_state)
+    if delta:  # resumed under a strategy that changes the base (FedEx-LoRA): clients and evaluation start on it
+        if base_weights is not None:
+            base_weights.apply(delta)
+        engine.set_base_delta(delta)
     # the most examples each client may claim: what the server assigned it, where the server knows its data
     bounds = {c: len(recs) for c, recs in enumerate(data.client_records) if recs}
     try:
         params, state, results = run_rounds(cfg, engine, strategy, store, bundle.peft_config, params, state, start,
-                                            evaluate, reporter, example_bounds=bounds)
+                                            evaluate, reporter, example_bounds=bounds, base_delta=delta,
+                                            run_id=str(store.info().get("run_id", "")), base=base_weights)
     finally:
         engine.close()
     last = store.latest_round()
@@ -316,7 +337,13 @@ def _run_in(cfg: Config, store: RunStore, data: PreparedData, strategy: Any, bun
         round0_params, _, round0_metrics = store.load_round(0)
         same_records = round0_metrics.get("eval_records") == evaluate.records_id
         base = round0_metrics.get("eval") if same_records else None
-        base = base or evaluate(round0_params)  # the base model on exactly the records the final model sees
+        if base is None:  # the base model on exactly the records the final model sees (and on the original base)
+            final_delta = store.base_delta(last)
+            if final_delta and base_weights is not None:
+                base_weights.apply({})
+            base = evaluate(round0_params)
+            if final_delta and base_weights is not None:
+                base_weights.apply(final_delta)
         final = evaluate(params)
         eval_out = compare_evals(base, final)
         eval_out["rounds"] = last

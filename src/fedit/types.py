@@ -13,13 +13,25 @@ Params = dict[str, torch.Tensor]
 
 
 @dataclass
+class ClientTask:
+    """What the server sends one client for one round: the tensors it loads (the shared subset of the global
+    adapter), extra tensors for that client (e.g. SCAFFOLD's server control variate) and scalar settings."""
+
+    params: Params
+    extras: Params = field(default_factory=dict)
+    config: dict[str, float | int | str] = field(default_factory=dict)
+
+
+@dataclass
 class ClientUpdate:
-    """What one client returns after local training in one round."""
+    """What one client returns after local training in one round: its shared tensors, extra tensors (e.g.
+    SCAFFOLD's control-variate change), how many examples it trained on, and its metrics."""
 
     client_id: int
     params: Params
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    extras: Params = field(default_factory=dict)
 
 
 @dataclass

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedit.client.objectives import ProximalTerm
-from fedit.client.train import LocalTrainer, client_seed, num_local_steps, train_client
+from fedit.client.train import LocalTrainer, client_seed, num_local_steps, train_client, train_task
 from fedit.config import ClientConfig, LoraConfig, ModelConfig
 from fedit.data.records import Record
 from fedit.data.templates import get_template
@@ -16,6 +15,9 @@ from fedit.data.tokenize import tokenize_records
 from fedit.errors import ClientError
 from fedit.model.load import load_base
 from fedit.model.lora import attach_lora
+from fedit.strategies.base import ClientPlan, ClientSession
+from fedit.strategies.fedprox import ProximalPlan
+from fedit.types import ClientTask
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +68,65 @@ def test_proximal_term_pulls_towards_global(setup) -> None:
     init = trainer.slots.get()
     cfg = ClientConfig(local_steps=10, batch_size=8, micro_batch_size=8, lr=5e-3)
     free = train_client(trainer, init, data, cfg, client_id=0, round_idx=1, seed=0).params
-    prox = train_client(trainer, init, data, cfg, client_id=0, round_idx=1, seed=0, objective=ProximalTerm(50.0)).params
+    prox = train_task(trainer, ClientTask(init), data, cfg, client_id=0, round_idx=1, seed=0,
+                      plan=ProximalPlan(50.0))[0].params
     dist = lambda p: sum(float(((p[k] - init[k]) ** 2).sum()) for k in p)  # noqa: E731
     assert dist(prox) < dist(free)
+
+
+class Recorder(ClientSession):
+    """Records the hooks it sees; uploads B only with an extra tensor, and keeps a counter as local state."""
+
+    def __init__(self, local):
+        self.calls, self.lrs, self.local = [], [], local
+
+    def start(self, slots):
+        self.calls.append("start")
+
+    def after_step(self, slots, lr):
+        self.lrs.append(lr)
+
+    def finish(self, start, trained):
+        self.calls.append("finish")
+        assert start.keys() == trained.keys()
+        n = self.local.get("n", torch.zeros(())) + 1
+        return trained, {"steps": torch.tensor(float(len(self.lrs)))}, {"n": n}
+
+
+class OnlyB(ClientPlan):
+    def __init__(self):
+        self.sessions = []
+
+    def trainable(self, key):
+        return ".lora_B." in key
+
+    def shared(self, key):
+        return ".lora_B." in key
+
+    def session(self, task, local):
+        self.sessions.append(Recorder(local))
+        return self.sessions[-1]
+
+
+def test_plan_decides_what_trains_travels_and_what_the_client_keeps(setup) -> None:
+    trainer, data = setup
+    init = trainer.init  # what every process holds for a tensor the server does not send
+    b_keys = [k for k in init if ".lora_B." in k]
+    assert b_keys and len(b_keys) < len(init)
+    plan = OnlyB()
+    cfg = ClientConfig(local_steps=4, batch_size=4, micro_batch_size=2, lr=1e-2, lr_schedule="linear")
+    task = ClientTask({k: init[k] for k in b_keys})  # the server sends B only
+    update, local = train_task(trainer, task, data, cfg, client_id=1, round_idx=1, seed=0, plan=plan,
+                               local={"n": torch.tensor(2.0)})
+    assert sorted(update.params) == sorted(b_keys) and float(update.extras["steps"]) == 4.0
+    assert float(local["n"]) == 3.0  # the session's state came in and went out
+    rec = plan.sessions[0]
+    assert rec.calls == ["start", "finish"]
+    assert rec.lrs == pytest.approx([1e-2 * (1 - s / 4) for s in range(4)])  # each step's scheduled lr
+    after = trainer.slots.get()
+    for k in init:  # A was frozen at its init (whatever an earlier client left in the slots), B trained
+        assert torch.equal(after[k], init[k]) == (".lora_A." in k), k
+    assert all(p.requires_grad for p in trainer.slots.params.values())  # frozen tensors are restored after
 
 
 def test_empty_client_is_a_client_error(setup) -> None:

@@ -52,7 +52,7 @@ def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str 
     store = RunStore(out)
     store.create(cfg.to_toml(), {"benchmark": "round_overhead"}, overwrite=True)
     params = bundle.trainer.slots.get()
-    state = strategy.init_state(params)
+    state = strategy.init_state(params, len(clients))
     store.save_round(0, params, state, {"round": 0}, bundle.peft_config)
     engine = SimulationEngine(bundle.trainer, ClientDataCache(clients, bundle.template, bundle.tokenizer, cfg), cfg)
 

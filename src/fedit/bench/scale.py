@@ -65,7 +65,7 @@ def worker(n_clients: int, model: str, data: str | None, smoke: bool, rounds: in
     store = RunStore(out)
     store.create(cfg.to_toml(), {}, overwrite=True)
     params = bundle.trainer.slots.get()
-    state = strategy.init_state(params)
+    state = strategy.init_state(params, len(clients))
     store.save_round(0, params, state, {"round": 0}, bundle.peft_config)
     engine = SimulationEngine(bundle.trainer, ClientDataCache(clients, bundle.template, bundle.tokenizer, cfg), cfg)
     t0 = time.perf_counter()
@@ -91,6 +91,7 @@ def aggregation_timing(sizes: tuple[int, ...], repeats: int, shape: tuple[int, i
 
     from fedit.config import StrategyConfig
     from fedit.strategies import build_strategy
+    from fedit.strategies.base import RoundContext
     from fedit.types import ClientUpdate
 
     hidden, layers, r = shape
@@ -105,7 +106,7 @@ def aggregation_timing(sizes: tuple[int, ...], repeats: int, shape: tuple[int, i
         ts = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            fedavg.aggregate(payload, updates[:k], {})
+            fedavg.aggregate(RoundContext(1, 0, k, tuple(range(k))), payload, updates[:k], {})
             ts.append(time.perf_counter() - t0)
         secs.append(median(ts))
     x, y = np.array(sizes, float), np.array(secs)

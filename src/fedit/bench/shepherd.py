@@ -180,7 +180,7 @@ def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str 
     strategy = build_strategy(cfg.strategy)
     store = RunStore(cfg.run.out)
     store.create(cfg.to_toml(), {"benchmark": "shepherd"}, overwrite=True)
-    fed = {"params": init, "state": strategy.init_state(init)}
+    fed = {"params": init, "state": strategy.init_state(init, len(records))}
     store.save_round(0, init, fed["state"], {"round": 0}, bundle.peft_config)
     engine = SimulationEngine(bundle.trainer, ClientDataCache(records, bundle.template, bundle.tokenizer, cfg), cfg)
     hand_data = [tokenize_records(r, bundle.template, bundle.tokenizer, cutoff, cfg.data.train_on_inputs, True)

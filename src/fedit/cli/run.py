@@ -29,6 +29,7 @@ RUN_OPTION_KEYS: dict[str, str] = {
     "weight_decay": "client.weight_decay", "max_grad_norm": "client.max_grad_norm",
     "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout", "lora_targets": "lora.targets",
     "strategy": "strategy.name", "server_lr": "strategy.server_lr", "mu": "strategy.mu",
+    "strategy_opt": "strategy.*",
 }
 NOT_CONFIG = {"config", "out", "overwrite", "resume"}  # handled by the command itself
 
@@ -44,8 +45,22 @@ def run_overrides(options: dict[str, Any]) -> dict[str, Any]:
             value = value.split(",")
         elif name == "fault":
             value = list(value) if value else None
+        elif name == "strategy_opt":
+            continue
         out[key] = value
+    for key, text in parse_kv(options.get("strategy_opt"), "--strategy-opt").items():
+        out[f"strategy.{key}"] = toml_value(text)  # a setting of the selected strategy, typed as TOML types it
     return out
+
+
+def toml_value(text: str) -> Any:
+    """A command-line value as TOML would type it (0.5 a float, 3 an int, true a bool), else the text itself."""
+    from fedit.config import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 
@@ -134,9 +149,12 @@ def run_command(
     lora_dropout: float = typer.Option(None),
     lora_targets: str = typer.Option(None, help="Comma-separated module names, all-linear (default), or auto "
                                                 "(the architecture's attention projections, e.g. q_proj,v_proj)."),
-    strategy: str = typer.Option(None, help="fedavg | fedadam | fedprox"),
-    server_lr: float = typer.Option(None, help="FedAdam server learning rate."),
-    mu: float = typer.Option(None, help="FedProx proximal weight."),
+    strategy: str = typer.Option(None, help="Aggregation strategy: fedavg | fedprox | fedadam | ... (see "
+                                            "docs/architecture.md; each has its own [strategy.NAME] settings)."),
+    strategy_opt: list[str] = typer.Option(None, "--strategy-opt", help="A setting of the selected strategy, "
+                                           "KEY=VALUE (repeatable), e.g. --strategy-opt tau=1e-3."),
+    server_lr: float = typer.Option(None, help="Server learning rate (server optimizers: --strategy-opt server_lr)."),
+    mu: float = typer.Option(None, help="FedProx proximal weight (--strategy-opt mu)."),
     seed: int = typer.Option(None),
     out: str = typer.Option(None, help="Run directory (default runs/run-<time>)."),
     resume: Path = typer.Option(None, help="Continue the run in this directory from its last complete round."),

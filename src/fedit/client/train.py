@@ -10,19 +10,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedit.client.objectives import ClientObjective
 from fedit.config import ClientConfig
 from fedit.data.tokenize import IGNORE_INDEX, TokenizedData, collate, iter_micro_batches
 from fedit.errors import ClientError
+from fedit.model.base_delta import BaseWeights
 from fedit.model.lora import AdapterSlots
 from fedit.model.loss import label_token_nll
-from fedit.types import ClientUpdate, Params, payload_problem
+from fedit.strategies.base import ClientPlan, ClientSession
+from fedit.types import ClientTask, ClientUpdate, Params, payload_problem
 
 StepCallback = Callable[[int, int, float], None]  # (step, total_steps, loss)
 
@@ -52,59 +53,90 @@ def lr_at(cfg: ClientConfig, step: int, total: int) -> float:
 
 @dataclass
 class LocalTrainer:
-    """Holds what stays loaded across clients and rounds: the PEFT model and its adapter slots."""
+    """Holds what stays loaded across clients and rounds: the PEFT model, its adapter slots, and the LoRA init
+    (the same in every process for a given seed: what a client holds of tensors the server does not send)."""
 
     model: Any
     slots: AdapterSlots
     pad_id: int
+    init: Params = field(default_factory=dict)
+    base: BaseWeights | None = None  # the one keeper of this model's frozen base weights (W0 + a base delta)
 
     @classmethod
     def for_model(cls, peft_model: Any, tokenizer: Any) -> LocalTrainer:
-        return cls(peft_model, AdapterSlots(peft_model), tokenizer.pad_token_id)
+        slots = AdapterSlots(peft_model)
+        return cls(peft_model, slots, tokenizer.pad_token_id, slots.get(), BaseWeights(peft_model))
 
 
-def train_client(
+def train_client(trainer: LocalTrainer, global_params: Params, data: TokenizedData, cfg: ClientConfig, *,
+                 client_id: int, round_idx: int, seed: int, on_step: StepCallback | None = None) -> ClientUpdate:
+    """Plain local training (FedAvg's client) from a full payload: experiments and benchmarks use this."""
+    return train_task(trainer, ClientTask(global_params), data, cfg, client_id=client_id, round_idx=round_idx,
+                      seed=seed, on_step=on_step)[0]
+
+
+def train_task(
     trainer: LocalTrainer,
-    global_params: Params,
+    task: ClientTask,
     data: TokenizedData,
     cfg: ClientConfig,
     *,
     client_id: int,
     round_idx: int,
     seed: int,
-    objective: ClientObjective | None = None,
+    plan: ClientPlan | None = None,
+    local: Params | None = None,
     on_step: StepCallback | None = None,
-) -> ClientUpdate:
-    """Train the adapter on one client's data, starting from `global_params`; returns the new payload.
+) -> tuple[ClientUpdate, Params | None]:
+    """Train one client for one round under a strategy's plan; returns (the update, its new local state or None).
 
-    The client checks its own result: an adapter with a NaN or Inf after the last step is never sent (ClientError).
+    The adapter starts as the LoRA init overridden by the task's tensors; the plan's session starts (it may load
+    the client's own state), only the plan's trainable tensors are optimized, and the session's `finish` decides
+    what is uploaded. The client checks its own result: an upload with a NaN or Inf is never sent (ClientError).
     """
     if len(data) == 0:
         raise ClientError(f"client {client_id} has no trainable examples (all were empty after the cutoff)")
+    plan = plan or ClientPlan()
     model, slots = trainer.model, trainer.slots
-    slots.set(global_params)
-    params = slots.trainable()
-    for p in params:  # a client that failed mid-step may have left gradients behind
+    start = trainer.init | dict(task.params) if trainer.init else dict(task.params)
+    slots.set(start)
+    session = plan.session(task, local or {})
+    session.start(slots)
+    frozen = [p for k, p in slots.params.items() if not plan.trainable(k)]
+    params = [p for k, p in slots.params.items() if plan.trainable(k)]
+    if not params:
+        raise ClientError(f"client {client_id}: the strategy trains no adapter tensor")
+    for p in slots.params.values():  # a client that failed mid-step may have left gradients behind
         p.grad = None
+    for p in frozen:
+        p.requires_grad_(False)
     try:
-        return _train(trainer, global_params, data, cfg, client_id, round_idx, seed, objective, on_step)
+        metrics = _train(trainer, params, session, data, cfg, client_id, round_idx, seed, on_step)
     finally:
         model.eval()
-        for p in params:
+        for p in slots.params.values():
             p.grad = None
+        for p in frozen:
+            p.requires_grad_(True)
+    trained = slots.get()
+    shared = [k for k in trained if plan.shared(k)]
+    upload, extras, new_local = session.finish({k: start[k] for k in shared}, {k: trained[k] for k in shared})
+    for what, tensors in (("the update", upload), ("its extra tensors", extras), ("its new state", new_local or {})):
+        bad = payload_problem(tensors, tensors)
+        if bad is not None:
+            raise ClientError(f"client {client_id}: after training in round {round_idx}, {bad} in {what}; it is "
+                              "not sent (lower the lr or raise the precision)")
+    return ClientUpdate(client_id, upload, len(data), metrics, extras), new_local
 
 
-def _train(trainer: LocalTrainer, global_params: Params, data: TokenizedData, cfg: ClientConfig, client_id: int,
-           round_idx: int, seed: int, objective: ClientObjective | None, on_step: StepCallback | None) -> ClientUpdate:
+def _train(trainer: LocalTrainer, params: list[torch.nn.Parameter], session: ClientSession, data: TokenizedData,
+           cfg: ClientConfig, client_id: int, round_idx: int, seed: int,
+           on_step: StepCallback | None) -> dict[str, float]:
     model, slots = trainer.model, trainer.slots
-    device = next(iter(slots.params.values())).device
-    if objective is not None:
-        objective.start(global_params, slots)
-
+    device = params[0].device
     cs = client_seed(seed, round_idx, client_id)
     rng = np.random.default_rng(cs)
     torch.manual_seed(cs)  # LoRA dropout
-    params = slots.trainable()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     accum = cfg.batch_size // cfg.micro_batch_size
     total = num_local_steps(cfg, len(data))
@@ -124,39 +156,32 @@ def _train(trainer: LocalTrainer, global_params: Params, data: TokenizedData, cf
             nll, _ = label_token_nll(model, m["input_ids"], m["attention_mask"], m["labels"])
             token_loss = nll.sum()
             loss = token_loss / max(1, step_tokens)
-            if objective is not None:
-                loss = loss + objective.penalty(slots) / accum
+            term = session.penalty(slots)
+            if term is not None:
+                loss = loss + term / accum
             loss.backward()
             step_loss += token_loss.item()
             real_tokens += int(m["attention_mask"].sum())
+        lr = lr_at(cfg, step, total)
         for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step, total)
+            group["lr"] = lr
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        session.after_step(slots, lr)
         loss_sum += step_loss
         loss_tokens += step_tokens
         if on_step is not None:
             on_step(step + 1, total, step_loss / max(1, step_tokens))
     if not math.isfinite(loss_sum):
         raise ClientError(f"client {client_id}: training loss became {loss_sum} in round {round_idx}; lower the lr")
-    out = slots.get()
-    bad = payload_problem(out, out)
-    if bad is not None:
-        raise ClientError(f"client {client_id}: after training in round {round_idx}, {bad}; the update is not "
-                          "sent (lower the lr or raise the precision)")
     seconds = time.perf_counter() - t0
-    return ClientUpdate(
-        client_id=client_id,
-        params=out,
-        num_examples=len(data),
-        metrics={
-            "loss": loss_sum / max(1, loss_tokens),
-            "steps": float(total),
-            "tokens": float(real_tokens),
-            "label_tokens": float(loss_tokens),
-            "seconds": seconds,
-            "tokens_per_s": real_tokens / seconds if seconds > 0 else 0.0,
-        },
-    )
+    return {
+        "loss": loss_sum / max(1, loss_tokens),
+        "steps": float(total),
+        "tokens": float(real_tokens),
+        "label_tokens": float(loss_tokens),
+        "seconds": seconds,
+        "tokens_per_s": real_tokens / seconds if seconds > 0 else 0.0,
+    }

@@ -1,4 +1,4 @@
-"""The engine contract: train a set of clients for one round and return their updates."""
+"""The engine contract: train the sampled clients on their tasks for one round and return their updates."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fedit.client.objectives import ClientObjective
-from fedit.types import ClientUpdate, Params
+from fedit.strategies.base import RoundContext
+from fedit.types import ClientTask, ClientUpdate, Params
 
 # (client_id, step, total_steps, loss) for progress display
 ClientProgress = Callable[[int, int, int, float], None]
@@ -17,13 +17,20 @@ ClientProgress = Callable[[int, int, int, float], None]
 class RoundOutcome:
     updates: list[ClientUpdate]
     failures: dict[int, str] = field(default_factory=dict)  # client id -> reason
+    # the new local state of clients whose state the engine keeps beside the run (the simulator), to checkpoint
+    # with this round; engines whose clients keep their own (Flower nodes) leave it empty
+    client_state: dict[int, Params] = field(default_factory=dict)
 
 
 class Engine(Protocol):
     num_clients: int
 
-    def train_round(self, round_idx: int, client_ids: list[int], global_params: Params,
-                    objective: ClientObjective | None, progress: ClientProgress | None = None) -> RoundOutcome:
-        """Train `client_ids` from `global_params`; failed clients go to `failures`, never raise for one client."""
+    def train_round(self, ctx: RoundContext, tasks: dict[int, ClientTask],
+                    progress: ClientProgress | None = None) -> RoundOutcome:
+        """Train each client of `tasks` on its task (under the strategy's client plan, which the engine built from
+        the config); failed clients go to `failures`, never raise for one client."""
+
+    def set_base_delta(self, delta: Params) -> None:
+        """The cumulative change to the frozen base weights every client must train on (FedEx-LoRA)."""
 
     def close(self) -> None: ...

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from fedit.client.objectives import ClientObjective
-from fedit.client.train import LocalTrainer, train_client
+from fedit.client.train import LocalTrainer, train_task
 from fedit.config import Config
 from fedit.data.records import Record
 from fedit.data.templates import Template
@@ -14,7 +13,9 @@ from fedit.data.tokenize import TokenizedData, tokenize_records
 from fedit.engines.base import ClientProgress, RoundOutcome
 from fedit.errors import FeditError
 from fedit.faults import FaultPlan
-from fedit.types import Params
+from fedit.model.base_delta import BaseWeights
+from fedit.strategies.base import ClientPlan, RoundContext
+from fedit.types import ClientTask, Params
 
 
 class ClientDataCache:
@@ -40,26 +41,36 @@ class ClientDataCache:
 class SimulationEngine:
     """Trains the sampled clients one after another in this process; one client's failure (a fedit error or any
     other exception: an out-of-memory, a peft error) drops that client only. Injected faults (`run.faults`) act
-    here as they act on a Flower node: before and after the client's local training."""
+    here as they act on a Flower node: before and after the client's local training. Clients' own state is read
+    through `load_state(client, round)` (the copy saved with the last round whose update from that client was
+    accepted, `task.config["state_round"]`) and returned in the outcome, to be saved with this round."""
 
-    def __init__(self, trainer: LocalTrainer, data: ClientDataCache, cfg: Config) -> None:
+    def __init__(self, trainer: LocalTrainer, data: ClientDataCache, cfg: Config, plan: ClientPlan | None = None,
+                 load_state: Callable[[int, int], Params] | None = None) -> None:
         self.trainer, self.data, self.cfg = trainer, data, cfg
+        self.plan = plan or ClientPlan()
+        self.load_state = load_state or (lambda _cid, _round: {})
         self.num_clients = len(data)
         self.faults = FaultPlan(cfg.run.faults)
+        self.base = trainer.base or BaseWeights(trainer.model)
 
-    def train_round(self, round_idx: int, client_ids: list[int], global_params: Params,
-                    objective: ClientObjective | None, progress: ClientProgress | None = None) -> RoundOutcome:
+    def set_base_delta(self, delta: Params) -> None:
+        self.base.apply(delta)
+
+    def train_round(self, ctx: RoundContext, tasks: dict[int, ClientTask],
+                    progress: ClientProgress | None = None) -> RoundOutcome:
         outcome = RoundOutcome(updates=[])
-        for cid in client_ids:
+        for cid, task in sorted(tasks.items()):
             on_step = (lambda s, t, loss, cid=cid: progress(cid, s, t, loss)) if progress else None
-            if self.faults.hangs(round_idx, cid):
+            if self.faults.hangs(ctx.round, cid):
                 outcome.failures[cid] = "did not reply (injected fault: hang)"
                 continue
             try:
-                self.faults.before_training(round_idx, cid)
-                update = train_client(self.trainer, global_params, self.data.get(cid), self.cfg.client,
-                                      client_id=cid, round_idx=round_idx, seed=self.cfg.run.seed,
-                                      objective=objective, on_step=on_step)
+                self.faults.before_training(ctx.round, cid)
+                update, local = train_task(self.trainer, task, self.data.get(cid), self.cfg.client, client_id=cid,
+                                           round_idx=ctx.round, seed=self.cfg.run.seed, plan=self.plan,
+                                           local=self.load_state(cid, int(task.config.get("state_round", 0))),
+                                           on_step=on_step)
             except FeditError as e:
                 outcome.failures[cid] = str(e)
                 continue
@@ -67,7 +78,9 @@ class SimulationEngine:
                 outcome.failures[cid] = f"{type(e).__name__}: {e}"
                 _release_device_memory()
                 continue
-            outcome.updates.append(self.faults.after_training(update, round_idx))
+            outcome.updates.append(self.faults.after_training(update, ctx.round))
+            if local is not None:
+                outcome.client_state[cid] = local
         return outcome
 
     def close(self) -> None:

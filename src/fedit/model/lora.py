@@ -100,12 +100,16 @@ class AdapterSlots:
         return list(self.params.values())
 
 
-def save_adapter(params: Params, path: str | Path, peft_config: Any) -> None:
-    """Write a PEFT-format adapter directory atomically (temp dir + rename)."""
+def save_adapter(params: Params, path: str | Path, peft_config: Any, base_delta: Params | None = None) -> None:
+    """Write a PEFT-format adapter directory atomically (temp dir + rename); a base delta goes beside it."""
     with staged_dir(Path(path)) as tmp:
         peft_config.save_pretrained(str(tmp))
         save_file({k: v.detach().contiguous().cpu() for k, v in params.items()}, str(tmp / ADAPTER_WEIGHTS),
                   metadata={"format": "pt"})
+        if base_delta:
+            from fedit.model.base_delta import save_base_delta
+
+            save_base_delta(base_delta, tmp)
 
 
 def load_adapter_params(path: str | Path) -> Params:

@@ -4,7 +4,8 @@
       .fedit-output          marker: a fedit run (only marked directories are ever replaced by --overwrite)
       .lock                  held (flock) by the one process using the run; released by the OS if it dies
       config.toml            resolved config          run.json     fedit version, data fingerprint
-      round_0000/            adapter/ (PEFT format), state/strategy.safetensors, metrics.json
+      round_0000/            adapter/ (PEFT format; + fedit_base_delta.safetensors), state/strategy.safetensors,
+                             clients/<id>.safetensors (the state of clients this round changed), metrics.json
       ...
       metrics.jsonl          one object per round (rebuilt from round_*/metrics.json on resume)
       final/                 the last round's adapter
@@ -36,6 +37,7 @@ from fedit.types import Params, payload_problem
 
 ROUND_RE = re.compile(r"^round_(\d{4,})$")
 LOCK = ".lock"
+CLIENTS = "clients"  # round_NNNN/clients/<id>.safetensors: the state of the clients that round changed
 
 
 def round_dir_name(r: int) -> str:
@@ -77,11 +79,23 @@ class RunStore:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"cannot resume: {self.root / 'run.json'} is corrupt ({e})") from None
         self.lock()
+        if not info.get("run_id"):  # a run from before run ids: give it one now (Flower nodes key client state by it)
+            import uuid
+
+            info["run_id"] = uuid.uuid4().hex
+            atomic_write_json(self.root / "run.json", info)
         if marker_kind(self.root) is None:  # a run made before markers existed: it is fedit's, say so now
             write_marker(self.root, "run")
         for leftover in [*self.root.glob(f"{TMP_PREFIX}*"), *self.root.glob(f"{OLD_PREFIX}*")]:
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         return info
+
+    def info(self) -> dict[str, Any]:
+        """run.json ({} if unreadable: callers only read optional fields from it)."""
+        try:
+            return json.loads((self.root / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
 
     # ---- the lock -----------------------------------------------------------------------------------------------
     def lock(self) -> None:
@@ -134,13 +148,21 @@ class RunStore:
         rs = self.rounds()
         return rs[-1] if rs else None
 
-    def save_round(self, r: int, params: Params, state: State, metrics: dict[str, Any], peft_config: Any) -> float:
-        """Write round `r` durably and atomically; returns the seconds spent (also in its metrics)."""
+    def save_round(self, r: int, params: Params, state: State, metrics: dict[str, Any], peft_config: Any,
+                   client_state: dict[int, Params] | None = None, base_delta: Params | None = None) -> float:
+        """Write round `r` durably and atomically: the adapter (with the cumulative base delta beside it, if any),
+        the strategy state, the new state of the clients this round changed, and the metrics. Returns the seconds
+        spent (also in its metrics)."""
         t0 = time.perf_counter()
         with staged_dir(self.root / round_dir_name(r)) as tmp:
             (tmp / "state").mkdir()
-            save_adapter(params, tmp / "adapter", peft_config)
+            save_adapter(params, tmp / "adapter", peft_config, base_delta)
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "state" / "strategy.safetensors"))
+            if client_state:
+                (tmp / CLIENTS).mkdir()
+                for cid, tensors in sorted(client_state.items()):
+                    save_file({k: v.contiguous() for k, v in tensors.items()},
+                              str(tmp / CLIENTS / f"{cid}.safetensors"))
             seconds = time.perf_counter() - t0
             metrics = dict(metrics, checkpoint_seconds=seconds)
             atomic_write_json(tmp / "metrics.json", metrics)
@@ -156,6 +178,24 @@ class RunStore:
         except Exception as e:
             raise CheckpointError(f"cannot resume from {d}: corrupt checkpoint ({e})") from None
         return params, state, metrics
+
+    def client_state(self, client_id: int, round_idx: int) -> Params:
+        """Client `client_id`'s state as saved with round `round_idx` ({} for round 0 or a round without it)."""
+        if round_idx <= 0:
+            return {}
+        f = self.root / round_dir_name(round_idx) / CLIENTS / f"{client_id}.safetensors"
+        if not f.is_file():
+            return {}
+        try:
+            return load_file(str(f))
+        except Exception as e:
+            raise CheckpointError(f"{f}: unreadable client state ({e})") from None
+
+    def base_delta(self, r: int) -> Params:
+        """The cumulative base delta saved with round `r` ({} if the strategy never changed the base)."""
+        from fedit.model.base_delta import load_base_delta
+
+        return load_base_delta(self.root / round_dir_name(r) / "adapter")
 
     def load_latest_usable(self, log: Any = None) -> tuple[int, Params, State, dict[str, Any]] | None:
         """The newest round that loads and holds only finite values; newer unusable rounds are moved aside to

@@ -12,11 +12,13 @@ import torch
 from fedit.config import Config
 from fedit.engines.base import Engine, RoundOutcome
 from fedit.errors import ClientError
+from fedit.model.base_delta import BaseWeights
 from fedit.server.checkpoint import RunStore
 from fedit.server.sampling import sample_clients
 from fedit.server.validate import update_problem
-from fedit.strategies.base import State, Strategy
-from fedit.types import ClientUpdate, Params, RoundResult, payload_bytes
+from fedit.strategies._math import aggregation_error
+from fedit.strategies.base import RoundContext, State, Strategy
+from fedit.types import ClientTask, ClientUpdate, Params, RoundResult, payload_bytes
 
 Evaluate = Callable[[Params], dict[str, Any]]
 
@@ -43,12 +45,13 @@ class NullReporter:
 
 
 def screen_updates(round_idx: int, sampled: list[int], outcome: RoundOutcome, expected: Params,
-                   bounds: Mapping[int, int], max_examples: int | None) -> tuple[list[ClientUpdate], dict[int, str]]:
+                   bounds: Mapping[int, int], max_examples: int | None,
+                   expected_extras: Params | None = None) -> tuple[list[ClientUpdate], dict[int, str]]:
     """The updates a strategy may see, sorted by client id, and every dropped client with its reason.
 
-    An update is rejected when it fails `update_problem` (keys, shapes, dtypes, finite values, `num_examples` within
-    what the client was assigned or `max_examples`, finite metrics), comes from a client not sampled this round, or
-    repeats a client that already sent one.
+    An update is rejected when it fails `update_problem` (keys, shapes, dtypes and finite values of its params and
+    extras, `num_examples` within what the client was assigned or `max_examples`, finite metrics), comes from a
+    client not sampled this round, or repeats a client that already sent one.
     """
     failures = dict(outcome.failures)
     accepted: dict[int, ClientUpdate] = {}
@@ -62,7 +65,7 @@ def screen_updates(round_idx: int, sampled: list[int], outcome: RoundOutcome, ex
         elif count[cid] > 1:
             problem = f"sent {count[cid]} updates in one round"
         else:
-            problem = update_problem(u, expected, min(caps) if caps else None)
+            problem = update_problem(u, expected, min(caps) if caps else None, expected_extras=expected_extras)
         if problem is None:
             failures.pop(cid, None)
             accepted[cid] = u
@@ -71,13 +74,36 @@ def screen_updates(round_idx: int, sampled: list[int], outcome: RoundOutcome, ex
     return [accepted[c] for c in sorted(accepted)], failures
 
 
+def _tensor_bytes(tensors: Any) -> int:
+    if not isinstance(tensors, Mapping):
+        return 0
+    return payload_bytes({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)})
+
+
 def _received_bytes(outcome: RoundOutcome) -> int:
-    """Bytes of tensor data the server received this round, rejected updates included."""
-    total = 0
-    for u in outcome.updates:
-        if isinstance(u.params, Mapping):
-            total += payload_bytes({k: v for k, v in u.params.items() if isinstance(v, torch.Tensor)})
-    return total
+    """Bytes of tensor data the server received this round (params and extras), rejected updates included."""
+    return sum(_tensor_bytes(u.params) + _tensor_bytes(u.extras) for u in outcome.updates)
+
+
+def _sent_bytes(tasks: Mapping[int, ClientTask]) -> int:
+    """Bytes of tensor data the server sent this round: each client's task, params and extras."""
+    return sum(_tensor_bytes(t.params) + _tensor_bytes(t.extras) for t in tasks.values())
+
+
+def last_accepted(history: list[dict[str, Any]]) -> dict[int, int]:
+    """Client id -> the last round whose update from it was accepted (whose client state therefore counts)."""
+    out: dict[int, int] = {}
+    for m in history:
+        for cid in m.get("replied", []):
+            out[int(cid)] = int(m["round"])
+    return out
+
+
+def with_state_round(tasks: Mapping[int, ClientTask], accepted: Mapping[int, int]) -> dict[int, ClientTask]:
+    """Each task tagged with the round of its client's current state (`config["state_round"]`, 0 = none); the
+    tensors stay the same objects, so an engine still sends a shared payload once."""
+    return {cid: ClientTask(t.params, t.extras, {**t.config, "state_round": accepted.get(cid, 0)})
+            for cid, t in tasks.items()}
 
 
 def run_rounds(
@@ -92,22 +118,32 @@ def run_rounds(
     evaluate: Evaluate | None = None,
     reporter: Reporter | None = None,
     example_bounds: Mapping[int, int] | None = None,
+    base_delta: Params | None = None,
+    run_id: str = "",
+    base: BaseWeights | None = None,
 ) -> tuple[Params, State, list[RoundResult]]:
     """Run rounds start_round+1 .. cfg.run.rounds; every finished round is checkpointed before the next starts.
 
-    Each update is validated before the strategy sees it (`screen_updates`); `example_bounds` maps a client id to
-    the number of examples the server assigned it, the most that client may claim.
+    Each round: the strategy configures a task per sampled client, the engine trains them, every update is
+    validated (`screen_updates`) before the strategy aggregates, and the round is saved with the clients' new state
+    and the cumulative base delta. `example_bounds` maps a client id to the number of examples the server assigned
+    it, the most that client may claim. `base` is the server's own model's base (evaluation sees the base delta).
     """
     rep = reporter or NullReporter()
-    objective = strategy.client_objective()
     bounds = example_bounds or {}
+    delta: Params = dict(base_delta or {})
+    accepted = last_accepted(store.history())
     results: list[RoundResult] = []
     for r in range(start_round + 1, cfg.run.rounds + 1):
         t_round = time.perf_counter()
         sampled = sample_clients(cfg.run, engine.num_clients, r)
+        ctx = RoundContext(r, cfg.run.seed, engine.num_clients, tuple(sampled), run_id)
         rep.round_start(r, cfg.run.rounds, sampled)
-        outcome = engine.train_round(r, sampled, params, objective, rep.client_step)
-        updates, failures = screen_updates(r, sampled, outcome, params, bounds, cfg.run.max_client_examples)
+        tasks = with_state_round(strategy.configure(ctx, params, state), accepted)
+        outcome = engine.train_round(ctx, tasks, rep.client_step)
+        expected, expected_extras = strategy.expected_update(params)
+        updates, failures = screen_updates(r, sampled, outcome, expected, bounds, cfg.run.max_client_examples,
+                                           expected_extras)
         for cid, reason in sorted(failures.items()):
             rep.log(f"round {r}: client {cid} dropped: {reason}")
         if len(updates) < cfg.run.min_clients:
@@ -119,7 +155,15 @@ def run_rounds(
         t_train = time.perf_counter() - t_round
 
         t0 = time.perf_counter()
-        params, state = strategy.aggregate(params, updates, state)  # updates sorted by id: same bits everywhere
+        agg_error = aggregation_error(params, updates)
+        agg = strategy.aggregate(ctx, params, updates, state)  # updates sorted by id: same bits everywhere
+        params, state = agg.params, agg.state
+        if agg.base_delta:  # cumulative, in float32: every client sets W0 + delta afresh
+            for k, v in agg.base_delta.items():
+                delta[k] = delta[k] + v.to(torch.float32) if k in delta else v.to(torch.float32)
+            if base is not None:
+                base.apply(delta)
+            engine.set_base_delta(delta)
         t_agg = time.perf_counter() - t0
 
         n_total = sum(u.num_examples for u in updates)
@@ -134,17 +178,22 @@ def run_rounds(
             "client_train_seconds": sum(u.metrics.get("seconds", 0.0) for u in updates),
             "train_seconds": t_train,
             "aggregate_seconds": t_agg,
-            "bytes_down": payload_bytes(params) * len(sampled),
+            "aggregation_error": agg_error,
+            "bytes_down": _sent_bytes(tasks),
             "bytes_up": _received_bytes(outcome),
             "clients": {str(u.client_id): {k: v for k, v in u.metrics.items()} | {"examples": u.num_examples}
                         for u in updates},
         }
+        if agg.metrics:
+            metrics["strategy"] = dict(agg.metrics)
         if evaluate is not None and cfg.run.eval_every and r % cfg.run.eval_every == 0 and r != cfg.run.rounds:
             t0 = time.perf_counter()
             metrics["eval"] = evaluate(params)
             metrics["eval_seconds"] = time.perf_counter() - t0
         metrics["round_seconds"] = time.perf_counter() - t_round  # before checkpointing; that is added below
-        ckpt = store.save_round(r, params, state, metrics, peft_config)
+        kept = {c: s for c, s in outcome.client_state.items() if c in metrics["replied"]}  # accepted updates only
+        ckpt = store.save_round(r, params, state, metrics, peft_config, kept, delta or None)
+        accepted.update(dict.fromkeys(metrics["replied"], r))
         metrics["checkpoint_seconds"] = ckpt
         rep.round_end(r, metrics)
         results.append(RoundResult(r, sampled, metrics["replied"], metrics))

@@ -21,9 +21,10 @@ from fedit.types import ClientUpdate, Params, payload_problem
 
 
 def update_problem(update: ClientUpdate, expected: Params, max_examples: int | None = None,
-                   check_metrics: bool = True) -> str | None:
+                   check_metrics: bool = True, expected_extras: Params | None = None) -> str | None:
     """Why the server must not aggregate `update` (None if it may); `check_metrics=False` skips the metrics (for
-    strategies called directly, whose callers may send none)."""
+    strategies called directly, whose callers may send none). `expected_extras` are the extra tensors the strategy
+    expects back (None: not checked; {}: none allowed)."""
     n = update.num_examples
     if isinstance(n, bool) or not isinstance(n, int):
         return f"num_examples must be an integer, got {n!r}"
@@ -35,7 +36,11 @@ def update_problem(update: ClientUpdate, expected: Params, max_examples: int | N
         problem = metrics_problem(update.metrics)
         if problem is not None:
             return problem
-    return payload_problem(update.params, expected)
+    problem = payload_problem(update.params, expected)
+    if problem is None and expected_extras is not None:
+        extras = payload_problem(update.extras, expected_extras)
+        problem = f"extras: {extras}" if extras is not None else None
+    return problem
 
 
 def metrics_problem(metrics: Any) -> str | None:

@@ -1,54 +1,50 @@
-"""FedAdam (Reddi et al., 2021, "Adaptive Federated Optimization", Algorithm 2), a server-side Adam step.
+"""FedAdam (Reddi et al., ICLR 2021, "Adaptive Federated Optimization", Algorithm 2), a server-side Adam step.
 
-    delta_t = sum_k (n_k / n) * w_k - w_t              (pseudo-gradient, the weighted mean client change)
+    delta_t = sum_k (n_k / n) * w_k - x_t              (pseudo-gradient, the weighted mean client change)
     m_t     = beta1 * m_{t-1} + (1 - beta1) * delta_t
     v_t     = beta2 * v_{t-1} + (1 - beta2) * delta_t^2
-    w_{t+1} = w_t + eta * m_t / (sqrt(v_t) + tau)
+    x_{t+1} = x_t + eta * m_hat / (sqrt(v_hat) + tau)
 
-m and v start at zero and live in the strategy state (checkpointed every round); no bias correction, as in the
-paper. Each LoRA tensor is updated element-wise and independently.
+with m_hat = m_t, v_hat = v_t as in the paper, or, with `bias_correction = true`, m_hat = m_t / (1 - beta1^t) and
+v_hat = v_t / (1 - beta2^t), t the number of server steps including this one (counted from 1; Flower's FedAdam
+counts from 2 and so scales its first step by 0.74 instead of 1). m and v start at zero, live in the state and
+are checkpointed with every round. Settings: server_lr (eta) 1e-2, beta1 0.9, beta2 0.99, tau 1e-3, bias_correction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from fedit.client.objectives import ClientObjective
-from fedit.strategies._math import check_updates, weighted_average
-from fedit.strategies.base import State
-from fedit.types import ClientUpdate, Params
+from fedit.strategies.base import State, register
+from fedit.strategies.fedopt import FedOpt
 
 
 @dataclass
-class FedAdam:
-    name: str = "fedadam"
-    eta: float = 1e-2
+class FedAdamConfig:
+    server_lr: float = 1e-2  # eta
     beta1: float = 0.9
     beta2: float = 0.99
-    tau: float = 1e-3
+    tau: float = 1e-3  # adaptivity: keeps the step finite where v = 0
+    bias_correction: bool = False
 
-    def init_state(self, params: Params) -> State:
-        state: State = {}
-        for k, v in params.items():
-            state[f"m.{k}"] = torch.zeros_like(v, dtype=torch.float32)
-            state[f"v.{k}"] = torch.zeros_like(v, dtype=torch.float32)
-        return state
+    def checks(self):
+        return [(self.server_lr > 0, "server_lr", self.server_lr, "a number > 0"),
+                (0 <= self.beta1 < 1, "beta1", self.beta1, "a number in [0, 1)"),
+                (0 <= self.beta2 < 1, "beta2", self.beta2, "a number in [0, 1)"),
+                (self.tau > 0, "tau", self.tau, "a number > 0 (it keeps the step finite where v = 0)")]
 
-    def aggregate(self, global_params: Params, updates: Sequence[ClientUpdate], state: State) -> tuple[Params, State]:
-        check_updates(global_params, updates)
-        avg = weighted_average(updates)
-        new_params: Params = {}
-        new_state: State = {}
-        for k, w in global_params.items():
-            delta = (avg[k] - w.to(torch.float64)).to(torch.float32)
-            m = self.beta1 * state[f"m.{k}"] + (1 - self.beta1) * delta
-            v = self.beta2 * state[f"v.{k}"] + (1 - self.beta2) * delta * delta
-            new_params[k] = (w.to(torch.float32) + self.eta * m / (v.sqrt() + self.tau)).to(w.dtype)
-            new_state[f"m.{k}"], new_state[f"v.{k}"] = m, v
-        return new_params, new_state
 
-    def client_objective(self) -> ClientObjective | None:
-        return None
+@register("fedadam", FedAdamConfig)
+class FedAdam(FedOpt):
+    moments = ("m", "v")
+
+    def step(self, key: str, delta: torch.Tensor, state: State, t: int) -> tuple[torch.Tensor, State]:
+        c = self.cfg
+        m = c.beta1 * state[f"m.{key}"] + (1 - c.beta1) * delta
+        v = c.beta2 * state[f"v.{key}"] + (1 - c.beta2) * delta * delta
+        m_hat, v_hat = m, v
+        if c.bias_correction:
+            m_hat, v_hat = m / (1 - c.beta1 ** t), v / (1 - c.beta2 ** t)
+        return c.server_lr * m_hat / (v_hat.sqrt() + c.tau), {f"m.{key}": m, f"v.{key}": v}

@@ -1,0 +1,57 @@
+"""FedOpt (Reddi et al., ICLR 2021, "Adaptive Federated Optimization", Algorithms 1 and 2): a server optimizer
+stepping on the round's pseudo-gradient. The base of FedAvgM, FedAdagrad, FedAdam and FedYogi.
+
+    delta_t = sum_k (n_k / n) * (w_k - x_t)                      (weighted mean client change, per shared tensor)
+    x_{t+1} = x_t + step(delta_t, state)                         (each subclass's rule, element-wise, in float32)
+
+The paper writes the unweighted mean of the client changes; fedit (like Flower) weights by examples, consistent
+with FedAvg. Each LoRA tensor (A and B) is stepped element-wise and independently. A subclass implements
+`step(key, delta, state, t)` returning the step and its new state entries; `t` counts server steps from 1
+(for bias correction), kept in the state as `t` so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from fedit.strategies._math import check_updates, weighted_average
+from fedit.strategies.base import Aggregate, RoundContext, State, Strategy
+from fedit.types import ClientUpdate, Params
+
+
+class FedOpt(Strategy):
+    """Subclasses set `moments` (state names kept per shared tensor, e.g. ("m", "v")) and implement `step`."""
+
+    moments: tuple[str, ...] = ()
+
+    def initial_moment(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(like, dtype=torch.float32)
+
+    def init_state(self, params: Params, num_clients: int) -> State:
+        state: State = {"t": torch.zeros((), dtype=torch.int64)}
+        for k in self.shared_keys(params):
+            for name in self.moments:
+                state[f"{name}.{k}"] = self.initial_moment(name, params[k])
+        return state
+
+    def step(self, key: str, delta: torch.Tensor, state: State, t: int) -> tuple[torch.Tensor, State]:
+        """(step to add to the global tensor, new state entries) for one tensor; `delta` is float32."""
+        raise NotImplementedError
+
+    def aggregate(self, ctx: RoundContext, global_params: Params, updates: Sequence[ClientUpdate],
+                  state: State) -> Aggregate:
+        expected, extras = self.expected_update(global_params)
+        check_updates(expected, updates, extras)
+        avg = weighted_average(updates)
+        t = int(state["t"]) + 1
+        new_params = dict(global_params)
+        new_state: State = {"t": torch.tensor(t, dtype=torch.int64)}
+        for k in expected:
+            w = global_params[k]
+            delta = (avg[k] - w.to(torch.float64)).to(torch.float32)
+            step, entries = self.step(k, delta, state, t)
+            new_params[k] = (w.to(torch.float32) + step).to(w.dtype)
+            new_state.update(entries)
+        return Aggregate(new_params, new_state)

@@ -256,7 +256,7 @@ def test_command_line_is_refused(line: str, expected: list[str], sandbox: Sandbo
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["run", "--config", str(TOML / "tau-zero.toml"), "--out", "{new}"], ["strategy.tau: got 0.0"]),
+        (["run", "--config", str(TOML / "tau-zero.toml"), "--out", "{new}"], ["strategy.fedadam.tau: got 0.0"]),
         (["run", "--data", str(DATA / "huge-integer.jsonl"), "--model", "{nomodel}", "--out", "{new}"],
          ["huge-integer.jsonl line 2", "more than 4300 digits"]),
         (["partition", "--data", str(DATA / "deep-nesting.json"), "--clients", "2", "--out", "{new}"],

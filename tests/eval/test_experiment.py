@@ -144,3 +144,39 @@ def test_summary_judges_the_two_targets() -> None:
     assert s["score"]["gap_to_centralized"] == pytest.approx(0.04 / 0.54)
     assert not s["loss"]["fedit_beats_every_local"] and s["loss"]["locals_beaten"] == "1/2"
     assert not s["loss"]["within_10pct_of_centralized"]  # (1.0 - 0.9) / 0.9 = 11%
+
+
+def test_experiment_compares_strategies_on_the_same_data_and_compute(experiment: Path, micro_model_dir: Path,
+                                                                     data_files: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    train, test = data_files
+    out = tmp_path / "zoo"
+    res = CliRunner().invoke(app, ["experiment", "--model", str(micro_model_dir), "--data", str(train), "--test-data",
+                                   str(test), *FLAGS, "--strategies", "fedavg,fedadam", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "experiment.json").read_text())
+    m = doc["methods"]
+    assert {"fedit:fedavg", "fedit:fedadam", CENTRALIZED} <= set(m) and FEDIT not in m
+    assert m["fedit:fedavg"]["strategy"] == "fedavg" and m["fedit:fedadam"]["strategy"] == "fedadam"
+    # fedavg here is exactly the plain experiment's FedIT (same data, partition, seeds): the comparison is fair
+    assert m["fedit:fedavg"]["per_category"] == json.loads((experiment / "experiment.json").read_text())[
+        "methods"][FEDIT]["per_category"]
+    assert m["fedit:fedadam"]["per_category"] != m["fedit:fedavg"]["per_category"]
+    for k in ("fedit:fedavg", "fedit:fedadam"):
+        assert m[k]["steps"] == 8 and m[k]["bytes_up"] > 0 and 0 <= m[k]["aggregation_error_mean"] < 1
+    assert set(doc["summary"]["by_method"]) == {"fedit:fedavg", "fedit:fedadam"}
+    assert doc["summary"]["best_loss"] in ("fedit:fedavg", "fedit:fedadam")
+    md = (out / "experiment.md").read_text()
+    assert "| strategy | mean score | mean loss | MiB up |" in md and "| fedit:fedadam |" in md
+    assert (out / "fedit-fedadam" / "final" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("value", "match"), [("fedavg,bogus", "strategy.name: got 'bogus'"),
+                                              ("fedavg,fedavg", "expected distinct strategy names")])
+def test_bad_strategies_are_refused_before_training(micro_model_dir: Path, data_files: tuple[Path, Path],
+                                                    tmp_path: Path, value: str, match: str) -> None:
+    train, test = data_files
+    res = CliRunner().invoke(app, ["experiment", "--model", str(micro_model_dir), "--data", str(train), "--test-data",
+                                   str(test), *FLAGS, "--strategies", value, "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and match in " ".join(res.output.split())
+    assert not (tmp_path / "x").exists()

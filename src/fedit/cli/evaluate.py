@@ -227,6 +227,11 @@ def _experiment_signature() -> inspect.Signature:
             p = p.replace(default=typer.Option(None, help="Experiment directory (default runs/experiment-<time>)."))
         params.append(p)
     params.append(inspect.Parameter(
+        "strategies", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+        default=typer.Option(None, help="Compare these strategies, comma-separated (e.g. fedavg,fedadam,scaffold,"
+                             "ffa,fedex): each trains on the same data, partition, seeds and compute; results under "
+                             "methods['fedit:<name>'] and a strategy table.")))
+    params.append(inspect.Parameter(
         "local_compute", inspect.Parameter.KEYWORD_ONLY, annotation=str,
         default=typer.Option("expected", help="Local-only models' steps: 'expected' = the rounds a client is "
                              "expected to be sampled (its compute over the FedIT run); 'every-round' = all rounds.")))
@@ -258,9 +263,14 @@ def _experiment(options: dict[str, Any]) -> None:
             reporter.client_step(name, step, total, loss)  # type: ignore[arg-type]  # a label, not an id
 
         result = run_experiment(cfg, out, overwrite=bool(options.get("overwrite")), reporter=reporter, log=log,
-                                on_step=on_step, local_compute=options.get("local_compute") or "expected")
+                                on_step=on_step, local_compute=options.get("local_compute") or "expected",
+                                strategies=_split(options.get("strategies")))
     console.print(markdown_table(result), markup=False, highlight=False)
     console.print(f"results: {Path(out) / 'experiment.json'}, experiment.md, experiment_*.png")
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
 def register(app: typer.Typer) -> None:

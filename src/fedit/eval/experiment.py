@@ -69,13 +69,28 @@ def better(metric: str, a: float, b: float) -> bool:
 
 
 def summarize(methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Does FedIT beat every local model, and how far is it from centralized (per available metric)?"""
-    out: dict[str, Any] = {"primary_metric": primary_metric(methods[FEDIT])}
+    """Does FedIT beat every local model, and how far is it from centralized (per available metric)? With several
+    strategies, one such entry per strategy under `by_method`, and the best strategy per metric."""
+    feds = [k for k in methods if is_fedit(k)]
+    if feds == [FEDIT]:
+        return _summary(methods, FEDIT)
+    by = {k: _summary(methods, k) for k in feds}
+    out: dict[str, Any] = {"primary_metric": primary_metric(methods[feds[0]]), "by_method": by}
+    for metric in ("score", "loss"):
+        vals = {k: methods[k]["mean"][metric] for k in feds if metric in methods[k]["mean"]}
+        if vals:
+            pick = min if metric in LOWER_IS_BETTER else max
+            out[f"best_{metric}"] = pick(vals, key=vals.__getitem__)
+    return out
+
+
+def _summary(methods: dict[str, dict[str, Any]], fed: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"primary_metric": primary_metric(methods[fed])}
     locals_ = {k: v for k, v in methods.items() if k.startswith("local/")}
     for metric in ("score", "loss"):
-        if metric not in methods[FEDIT]["mean"]:
+        if metric not in methods[fed]["mean"]:
             continue
-        f = methods[FEDIT]["mean"][metric]
+        f = methods[fed]["mean"][metric]
         c = methods[CENTRALIZED]["mean"][metric] if CENTRALIZED in methods else None
         beaten = [k for k, v in locals_.items() if better(metric, f, v["mean"][metric])]
         entry: dict[str, Any] = {
@@ -112,10 +127,40 @@ def local_rounds(cfg: Config, num_clients: int, local_compute: str) -> float:
     raise ConfigError(f"local_compute={local_compute!r}: expected one of {', '.join(LOCAL_COMPUTE)}")
 
 
+def fedit_key(strategy: str | None) -> str:
+    """The method name of a federated run: "fedit" for the configured strategy, "fedit:<name>" with --strategies."""
+    return FEDIT if strategy is None else f"{FEDIT}:{strategy}"
+
+
+def is_fedit(name: str) -> bool:
+    return name == FEDIT or name.startswith(f"{FEDIT}:")
+
+
+def check_strategies(cfg: Config, strategies: list[str] | None) -> list[Config]:
+    """One config per federated run, each validated (name and its [strategy.<name>] table) before any training."""
+    if strategies is None:
+        return [cfg]
+    if not strategies or len(set(strategies)) != len(strategies):
+        raise ConfigError(f"--strategies: got {strategies!r}, expected distinct strategy names, e.g. fedavg,fedadam")
+    return [cfg.override({"strategy.name": s}) for s in strategies]
+
+
+def run_summary(store: RunStore) -> dict[str, Any]:
+    """What a federated run cost and how inexact its averaging was, from its rounds' metrics."""
+    rounds = [m for m in store.history() if m.get("round", 0) >= 1]
+    errs = [m["aggregation_error"] for m in rounds if "aggregation_error" in m]
+    return {"bytes_up": sum(m.get("bytes_up", 0) for m in rounds),
+            "bytes_down": sum(m.get("bytes_down", 0) for m in rounds),
+            "aggregation_error_mean": sum(errs) / len(errs) if errs else None,
+            "aggregation_error_max": max(errs) if errs else None,
+            "train_seconds": sum(m.get("train_seconds", 0.0) for m in rounds)}
+
+
 def run_experiment(cfg: Config, out: str | Path, *, overwrite: bool = False, reporter: Any = None,
                    log: Log | None = None, on_step: StepCallback | None = None,
-                   local_compute: str = "expected") -> dict[str, Any]:
-    """Train and evaluate FedIT, every client's local-only model and the centralized model; write DIR/experiment.*"""
+                   local_compute: str = "expected", strategies: list[str] | None = None) -> dict[str, Any]:
+    """Train and evaluate FedIT (the configured strategy, or each of `strategies` on the same data, partition,
+    seeds and compute), every client's local-only model and the centralized model; write DIR/experiment.*"""
     from fedit import pipeline
     from fedit.client.train import num_local_steps, train_client
     from fedit.engines.simulation import ClientDataCache
@@ -123,18 +168,23 @@ def run_experiment(cfg: Config, out: str | Path, *, overwrite: bool = False, rep
 
     say = log or (lambda _m: None)
     cfg.validate()
+    fed_cfgs = check_strategies(cfg, strategies)
     local_rounds(cfg, cfg.partition.clients, local_compute)  # reject a bad choice before any training
     if cfg.run.engine != "simulation":
         raise ConfigError(f"run.engine={cfg.run.engine!r}: the experiment runs in the in-process simulator only")
     root = replace_output_dir(out, overwrite, "experiment", "--out")
     t_start = time.perf_counter()
 
-    # (a) FedIT: the ordinary run, in its own run directory.
-    say(f"(a) FedIT: {cfg.run.rounds} rounds over {cfg.partition.clients} clients -> {root / 'fedit'}")
-    fed_cfg = cfg.override({"run.out": str(root / FEDIT)})
-    fed = pipeline.run(fed_cfg, reporter=reporter)
-    history = RunStore(root / FEDIT).history()
-    taken = fedit_steps(history)
+    # (a) FedIT: the ordinary run (one per strategy), each in its own run directory.
+    runs: list[tuple[str, str, Any, RunStore]] = []
+    for fcfg in fed_cfgs:
+        key = fedit_key(fcfg.strategy.name if strategies is not None else None)
+        run_dir = root / key.replace(":", "-")
+        say(f"(a) {key}: {cfg.run.rounds} rounds of {fcfg.strategy.name} over {cfg.partition.clients} clients "
+            f"-> {run_dir}")
+        fed = pipeline.run(fcfg.override({"run.out": str(run_dir)}), reporter=reporter)
+        runs.append((key, fcfg.strategy.name, fed, RunStore(run_dir)))
+    history = runs[0][3].history()
 
     # One base model in memory for everything else; the LoRA init is the same seeded init FedIT started from.
     data = pipeline.prepare_data(cfg)
@@ -147,11 +197,21 @@ def run_experiment(cfg: Config, out: str | Path, *, overwrite: bool = False, rep
     cache = ClientDataCache(data.client_records, bundle.template, bundle.tokenizer, cfg)
     methods: dict[str, dict[str, Any]] = {}
     base_eval = history[0].get("eval") if history else None
-
-    say("evaluating the FedIT global model")
-    methods[FEDIT] = {**evaluate(fed.final_params), "steps": sum(taken.values()), "steps_by_client": taken,
-                      "examples": sum(len(cache.get(c)) for c in range(len(data.client_records)))}
-    _write_partial(root, cfg, methods, base_eval, local_compute)
+    examples = sum(len(cache.get(c)) for c in range(len(data.client_records)))
+    steps_taken: list[int] = []
+    for key, strategy_name, fed, store in runs:
+        say(f"evaluating the {key} global model")
+        taken = fedit_steps(store.history())
+        steps_taken.append(sum(taken.values()))
+        delta = store.base_delta(store.latest_round() or 0)  # FedEx-LoRA's global model includes its base delta
+        base = bundle.trainer.base
+        if delta and base is not None:
+            base.apply(delta)
+        methods[key] = {**evaluate(fed.final_params), "steps": sum(taken.values()), "steps_by_client": taken,
+                        "examples": examples, "strategy": strategy_name, **run_summary(store)}
+        if delta and base is not None:
+            base.apply({})
+        _write_partial(root, cfg, methods, base_eval, local_compute)
 
     def train(name: str, td: TokenizedData, steps: int, client_id: int) -> dict[str, Any]:
         ccfg = replace(cfg.client, local_steps=steps)
@@ -180,8 +240,8 @@ def run_experiment(cfg: Config, out: str | Path, *, overwrite: bool = False, rep
         methods[local_name(cid)] = train(local_name(cid), td, steps, cid)
         _write_partial(root, cfg, methods, base_eval, local_compute)
 
-    # (c) centralized: the union of the clients' data, the total client steps FedIT took.
-    total = max(1, sum(taken.values()))
+    # (c) centralized: the union of the clients' data, the total client steps a FedIT run took (the most of them).
+    total = max(1, *steps_taken)
     say(f"(c) centralized: {total} steps on the union of the clients' data")
     union = concat_data([cache.get(c) for c in range(n_clients)])
     methods[CENTRALIZED] = train(CENTRALIZED, union, total, n_clients)
@@ -216,18 +276,22 @@ def _write_partial(root: Path, cfg: Config, methods: dict[str, dict[str, Any]], 
         "methods": methods,
         "base": base_eval,
     }
-    if final and FEDIT in methods:
+    if final and any(is_fedit(k) for k in methods):
         result["summary"] = summarize(methods)
     atomic_write_json(root / "experiment.json", result)
     return result
 
 
+def _first_fedit(result: dict[str, Any]) -> dict[str, Any]:
+    return next(v for k, v in result["methods"].items() if is_fedit(k))
+
+
 def _metrics(result: dict[str, Any]) -> list[str]:
-    return [m for m in ("score", "loss") if m in result["methods"][FEDIT]["mean"]]
+    return [m for m in ("score", "loss") if m in _first_fedit(result)["mean"]]
 
 
 def _ordered(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    rows = [(FEDIT, result["methods"][FEDIT])]
+    rows = [(k, v) for k, v in result["methods"].items() if is_fedit(k)]
     if CENTRALIZED in result["methods"]:
         rows.append((CENTRALIZED, result["methods"][CENTRALIZED]))
     rows += sorted(((k, v) for k, v in result["methods"].items() if k.startswith("local/")),
@@ -239,7 +303,7 @@ def _ordered(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def markdown_table(result: dict[str, Any]) -> str:
     """One table per metric: methods as rows, categories (and the mean over categories) as columns."""
-    cats = sorted(result["methods"][FEDIT]["per_category"])
+    cats = sorted(_first_fedit(result)["per_category"])
     out = []
     for metric in _metrics(result):
         arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
@@ -248,18 +312,40 @@ def markdown_table(result: dict[str, Any]) -> str:
         out.append("|---" * (len(cats) + 2) + "|")
         for name, res in _ordered(result):
             cells = [f"{res['per_category'].get(c, {}).get(metric, float('nan')):.3f}" for c in cats]
-            label = f"**{name}**" if name == FEDIT else name
+            label = f"**{name}**" if is_fedit(name) else name
             out.append(f"| {label} | " + " | ".join(cells) + f" | **{res['mean'][metric]:.3f}** |")
         out.append("")
     s = result.get("summary", {})
-    for metric in _metrics(result):
-        e = s.get(metric)
-        if e:
-            line = f"- {metric}: FedIT {e['fedit']:.3f}, beats {e['locals_beaten']} local-only models"
-            if e.get("centralized") is not None:
-                line += f"; centralized {e['centralized']:.3f} (FedIT's gap: {100 * e['gap_to_centralized']:+.1f}%)"
-            out.append(line)
+    feds = [k for k in result["methods"] if is_fedit(k)]
+    if len(feds) > 1:
+        out.append(strategy_table(result))
+    for fed in feds:
+        entry = s.get("by_method", {}).get(fed, s) if len(feds) > 1 else s
+        for metric in _metrics(result):
+            e = entry.get(metric)
+            if e:
+                line = f"- {metric}: {fed} {e['fedit']:.3f}, beats {e['locals_beaten']} local-only models"
+                if e.get("centralized") is not None:
+                    line += (f"; centralized {e['centralized']:.3f} "
+                             f"(gap: {100 * e['gap_to_centralized']:+.1f}%)")
+                out.append(line)
     return "\n".join(out) + "\n"
+
+
+def strategy_table(result: dict[str, Any]) -> str:
+    """The strategies side by side: mean score/loss, traffic, and how inexact their averaging was."""
+    metrics = _metrics(result)
+    head = "| strategy | " + " | ".join(f"mean {m}" for m in metrics) + \
+        " | MiB up | MiB down | aggregation error (mean / max) |"
+    rows = [head, "|---" * (len(metrics) + 4) + "|"]
+    for k, v in result["methods"].items():
+        if not is_fedit(k):
+            continue
+        err = v.get("aggregation_error_mean")
+        err_s = "-" if err is None else f"{err:.4f} / {v.get('aggregation_error_max', 0):.4f}"
+        rows.append(f"| {k} | " + " | ".join(f"{v['mean'][m]:.3f}" for m in metrics) +
+                    f" | {v.get('bytes_up', 0) / 2**20:.1f} | {v.get('bytes_down', 0) / 2**20:.1f} | {err_s} |")
+    return "\n".join(rows) + "\n"
 
 
 def plot_experiment(result: dict[str, Any], metric: str, path: Path) -> None:
@@ -268,7 +354,7 @@ def plot_experiment(result: dict[str, Any], metric: str, path: Path) -> None:
     from matplotlib.figure import Figure
 
     rows = _ordered(result)
-    cats = sorted(result["methods"][FEDIT]["per_category"]) + ["mean"]
+    cats = sorted(_first_fedit(result)["per_category"]) + ["mean"]
     ncol = min(3, len(cats))
     nrow = math.ceil(len(cats) / ncol)
     fig = Figure(figsize=(4.2 * ncol, 2.9 * nrow), layout="constrained")
@@ -279,7 +365,8 @@ def plot_experiment(result: dict[str, Any], metric: str, path: Path) -> None:
         ax = fig.add_subplot(nrow, ncol, i + 1)
         vals = [(r["mean"] if cat == "mean" else r["per_category"].get(cat, {})).get(metric, float("nan"))
                 for _, r in rows]
-        ax.bar(range(len(rows)), vals, color=[colour.get(n, "#bcbd22") for n in names])
+        ax.bar(range(len(rows)), vals, color=[colour.get(n, "#d62728" if is_fedit(n) else "#bcbd22")
+                                              for n in names])
         finite = [v for v in vals if math.isfinite(v)]
         if metric in LOWER_IS_BETTER and finite:  # losses differ by a few percent: zoom in, or all bars look equal
             lo, hi = min(finite), max(finite)
@@ -287,7 +374,8 @@ def plot_experiment(result: dict[str, Any], metric: str, path: Path) -> None:
             ax.set_ylim(lo - 4 * pad, hi + pad)
         ax.set_title(cat, fontsize=10)
         ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels([n.replace("local/", "L") for n in names], rotation=90, fontsize=7)
+        ax.set_xticklabels([n.replace("local/", "L").replace("fedit:", "") for n in names], rotation=90,
+                           fontsize=7)
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
     fig.suptitle(f"held-out {metric} per category: FedIT (red), centralized (blue), local-only Lk (olive), "

@@ -21,6 +21,7 @@ from fedit.data.templates import Template, get_template
 from fedit.errors import CheckpointError, ConfigError
 from fedit.eval.evaluate import evaluate as evaluate_records
 from fedit.generation import GenerationSettings
+from fedit.model.base_delta import model_facts
 from fedit.model.load import load_base
 from fedit.model.lora import AdapterSlots, attach_lora, peft_lora_config, target_modules
 from fedit.server.checkpoint import RunStore
@@ -261,6 +262,7 @@ def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = Fals
     check_run_shape(cfg.run, len(data.client_records))
     strategy = build_strategy(cfg.strategy)
     bundle = build_model(cfg)  # a model that cannot load leaves no run directory behind
+    strategy.bind_model(model_facts(bundle.trainer.model))  # LoRA scaling and layouts (FedEx-LoRA), quantization
     with store:
         if resume is not None:
             info = store.open_existing()  # takes the lock first

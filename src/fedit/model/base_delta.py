@@ -8,15 +8,53 @@ found under `...q_proj.base_layer.weight`. Saved beside an adapter as `fedit_bas
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fedit.errors import ConfigError
+from fedit.errors import CheckpointError, ConfigError
 from fedit.types import Params
 
 BASE_DELTA_FILE = "fedit_base_delta.safetensors"
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """What a strategy needs to know of one adapted module to turn its A and B into a base delta."""
+
+    weight: str  # the plain base model's weight name, e.g. "model.layers.0.self_attn.q_proj.weight"
+    scaling: float  # s in W = W0 + s B A: lora_alpha / r (lora_alpha / sqrt(r) with rsLoRA), as peft computes it
+    fan_in_fan_out: bool  # the weight is stored (in, out) (GPT-2's Conv1D), so a delta B A is added transposed
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """The adapted model as a strategy sees it: payload module prefix ("base_model.model.model.layers.0.self_attn.
+    q_proj", a payload key without ".lora_A.weight") -> LoraModule, and whether the base is 4/8-bit quantized."""
+
+    modules: dict[str, LoraModule] = field(default_factory=dict)
+    quantized: bool = False
+
+
+def is_quantized(model: Any) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def model_facts(peft_model: Any, adapter: str = "default") -> ModelFacts:
+    """The scaling and layout of every LoRA module of `peft_model`, read from peft's own layers (so they are what
+    the forward pass uses: lora.alpha / lora.r from the config, fan_in_fan_out as peft set it for Conv1D)."""
+    from peft.tuners.lora import LoraLayer
+
+    base = peft_model.get_base_model()
+    plain = {id(m): n for n, m in base.named_modules()}
+    modules = {}
+    for name, m in peft_model.named_modules():
+        if isinstance(m, LoraLayer) and adapter in m.scaling:
+            modules[name] = LoraModule(f"{plain[id(m)]}.weight", float(m.scaling[adapter]),
+                                       bool(getattr(m, "fan_in_fan_out", False)))
+    return ModelFacts(modules, is_quantized(peft_model))
 
 
 def _find(model: Any, name: str) -> torch.nn.Parameter:
@@ -37,8 +75,12 @@ class BaseWeights:
 
     @torch.no_grad()
     def apply(self, delta: Params) -> None:
-        if getattr(self.model, "is_loaded_in_4bit", False) or getattr(self.model, "is_loaded_in_8bit", False):
+        if is_quantized(self.model):
             raise ConfigError("a base delta cannot be applied exactly to a 4/8-bit quantized base; load it unquantized")
+        for name, d in delta.items():  # every name and shape checked before any weight changes
+            w = _find(self.model, name)
+            if tuple(d.shape) != tuple(w.shape):
+                raise ConfigError(f"base delta for {name!r} has shape {tuple(d.shape)}, the weight {tuple(w.shape)}")
         for name in sorted(set(self._w0) | set(delta)):
             w = _find(self.model, name)
             if name not in self._w0:
@@ -60,4 +102,27 @@ def load_base_delta(adapter_dir: str | Path) -> Params:
     from safetensors.torch import load_file
 
     f = Path(adapter_dir) / BASE_DELTA_FILE
-    return load_file(str(f)) if f.is_file() else {}
+    if not f.is_file():
+        return {}
+    try:
+        return load_file(str(f))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise CheckpointError(f"{f}: unreadable base delta ({e})") from None
+
+
+def apply_saved_base_delta(model: Any, adapter_dir: str | Path) -> BaseWeights | None:
+    """Set `model`'s base to W0 + the delta saved beside the adapter in `adapter_dir` (FedEx-LoRA), before the
+    adapter is used or merged; None when there is no delta. The keeper is returned, to restore W0 or set another."""
+    delta = load_base_delta(adapter_dir)
+    if not delta:
+        return None
+    if is_quantized(model):
+        raise ConfigError(f"{adapter_dir} comes with a base delta ({BASE_DELTA_FILE}: the adapter was trained "
+                          "with fedex and is only right on W0 + delta), which cannot be applied exactly to a 4/8-bit "
+                          "quantized base; load the base unquantized")
+    keeper = BaseWeights(model)
+    try:
+        keeper.apply(delta)
+    except ConfigError as e:
+        raise ConfigError(f"{adapter_dir}: {e}") from None
+    return keeper

@@ -18,6 +18,7 @@ from fedit.registry import Registry
 from fedit.types import ClientTask, ClientUpdate, Params
 
 if TYPE_CHECKING:
+    from fedit.model.base_delta import ModelFacts
     from fedit.model.lora import AdapterSlots
 
 # Strategy state is a flat dict of tensors, so it saves to safetensors as is (scalars are 0-d tensors).
@@ -101,6 +102,11 @@ class Strategy:
         self.cfg = cfg if cfg is not None else self.config_class()
 
     # -- server side ---------------------------------------------------------------------------------------------
+    def bind_model(self, facts: ModelFacts) -> None:
+        """The server's adapted model (each LoRA module's scaling and layout, whether the base is quantized), given
+        once it is built, before the run directory is made; a rule that needs it (FedEx-LoRA) keeps it, one that
+        cannot work with this model raises ConfigError."""
+
     def init_state(self, params: Params, num_clients: int) -> State:
         """State before the first round."""
         return {}

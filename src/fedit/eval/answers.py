@@ -134,7 +134,10 @@ def load_target(adapter: Path | None, model: str | None = None, template: str | 
     if adapter_dir is not None:
         from peft import PeftModel
 
+        from fedit.model.base_delta import apply_saved_base_delta
+
         net = PeftModel.from_pretrained(base, str(adapter_dir))
+        apply_saved_base_delta(net, adapter_dir)  # fedex: the adapter holds on W0 + its saved delta only
     net.eval()
     return EvalTarget(net, tok, get_template(template or cfg.data.template, tok), cfg.data.cutoff_len, name,
                       str(adapter_dir) if adapter_dir is not None else None)

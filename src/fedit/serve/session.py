@@ -167,6 +167,10 @@ class ModelSession:
     templates: dict[str, Any]
     slots: dict[str, str | None]  # public name -> peft adapter name (None = adapters disabled)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # public name -> the base delta saved beside that adapter (fedex runs); the base is W0 + the active one's delta
+    deltas: dict[str, Any] = field(default_factory=dict)
+    base: Any = None  # BaseWeights, when any adapter has a delta
+    _base_of: str | None = None  # whose delta the base holds now (None = W0)
 
     @classmethod
     def load(cls, sources: Sequence[AdapterSource], device: str = "auto", dtype: str = "auto") -> ModelSession:
@@ -202,7 +206,26 @@ class ModelSession:
             raise ConfigError("--adapter: give at least one adapter besides the base")
         peft_model.eval()
         templates = {s.name: get_template(s.template, tokenizer) for s in sources}
-        return cls(sources, peft_model, tokenizer, templates, slots)
+        session = cls(sources, peft_model, tokenizer, templates, slots)
+        session._load_base_deltas()
+        return session
+
+    def _load_base_deltas(self) -> None:
+        """Adapters trained with fedex only hold on W0 + their saved delta: read each, check it fits now."""
+        from fedit.model.base_delta import BASE_DELTA_FILE, BaseWeights, is_quantized, load_base_delta
+
+        for s in self.sources:
+            delta = load_base_delta(s.path) if s.path is not None else {}
+            if delta:
+                if is_quantized(self.model):
+                    raise ConfigError(f"--adapter {s.path}: it comes with a base delta ({BASE_DELTA_FILE}), which "
+                                      "cannot be applied exactly to a 4/8-bit quantized base; load it unquantized")
+                self.deltas[s.name] = delta
+        if self.deltas:
+            self.base = BaseWeights(self.model)
+            for name in self.deltas:  # names and shapes checked now, not at the first request
+                self._set_base(name)
+            self._set_base(None)
 
     # ---- lookups ------------------------------------------------------------------------------------------------
     @property
@@ -237,11 +260,22 @@ class ModelSession:
         return encode_prompt(prompt, self.templates[name], self.tokenizer)
 
     # ---- adapter switching (call with `lock` held) --------------------------------------------------------------
+    def _set_base(self, name: str | None) -> None:
+        """Base weights W0 + the delta of adapter `name` (W0 for None); a no-op when they are already that."""
+        if self.base is None or name == self._base_of:
+            return
+        try:
+            self.base.apply(self.deltas[name] if name is not None else {})
+        except ConfigError as e:
+            raise ConfigError(f"--adapter {self.source(name).path if name else 'base'}: {e}") from None
+        self._base_of = name
+
     def use(self, name: str) -> Any:
         """A context manager that activates adapter `name` (or disables adapters for the bare base)."""
         import contextlib
 
         slot = self.slots[name]
+        self._set_base(name if name in self.deltas else None)
         if slot is None:
             return self.model.disable_adapter()
         if self.model.active_adapter != slot:

@@ -222,7 +222,7 @@ def test_defaults_are_the_documented_ones() -> None:
     avgm = build_strategy(Config().override({"strategy.name": "fedavgm"}).strategy).cfg
     assert (avgm.server_lr, avgm.momentum, avgm.nesterov) == (1.0, 0.9, False)
     ada = build_strategy(Config().override({"strategy.name": "fedadagrad"}).strategy).cfg
-    assert (ada.server_lr, ada.beta1, ada.tau, ada.v_init) == (1e-2, 0.0, 1e-3, None)
+    assert (ada.server_lr, ada.beta1, ada.tau, ada.v_init) == (1e-2, 0.0, 1e-3, 1e-6)
     yogi = build_strategy(Config().override({"strategy.name": "fedyogi"}).strategy).cfg
     assert (yogi.server_lr, yogi.beta1, yogi.beta2, yogi.tau, yogi.v_init, yogi.bias_correction) == (
-        1e-2, 0.9, 0.99, 1e-3, None, False)
+        1e-2, 0.9, 0.99, 1e-3, 1e-6, False)

@@ -74,14 +74,16 @@ def node_command(
     model: str = typer.Option(None, help="Base model path on this node, if not where the run config says."),
     warm: bool = typer.Option(True, help="Keep the base model loaded across rounds in a worker process."),
     port: int = typer.Option(9094, help="Port of this SuperNode's local Runtime API."),
+    state_dir: Path = typer.Option(None, help="Where the clients' own state lives (SCAFFOLD's c_i; default "
+                                               "DATA_DIR/.fedit-state)."),
 ) -> None:
     """Run a SuperNode for fedit (plus its warm worker), with Flower's no-telemetry settings."""
-    _node(superlink, data_dir, clients, root_certificates, insecure, auth_key, model, warm, port)
+    _node(superlink, data_dir, clients, root_certificates, insecure, auth_key, model, warm, port, state_dir)
 
 
 @user_errors
 def _node(superlink: str, data_dir: Path, clients: str | None, root_certificates: Path | None, insecure: bool,
-          auth_key: Path | None, model: str | None, warm: bool, port: int) -> None:
+          auth_key: Path | None, model: str | None, warm: bool, port: int, state_dir: Path | None = None) -> None:
     import os
     import subprocess
     import sys
@@ -100,6 +102,10 @@ def _node(superlink: str, data_dir: Path, clients: str | None, root_certificates
         node_config["clients"] = clients
     if model:
         node_config["model"] = model
+    if state_dir is not None:
+        if state_dir.exists() and not state_dir.is_dir():
+            raise ConfigError(f"--state-dir: {state_dir} exists and is not a directory")
+        node_config["state-dir"] = str(state_dir.resolve())
     hosted = sorted(client_files(node_config))
     env = dict(os.environ) | FLOWER_ENV
     procs: list[subprocess.Popen] = []

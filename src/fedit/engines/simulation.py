@@ -67,10 +67,10 @@ class SimulationEngine:
                 continue
             try:
                 self.faults.before_training(ctx.round, cid)
+                loaded = self.load_state(cid, int(task.config.get("state_round", 0)))
                 update, local = train_task(self.trainer, task, self.data.get(cid), self.cfg.client, client_id=cid,
                                            round_idx=ctx.round, seed=self.cfg.run.seed, plan=self.plan,
-                                           local=self.load_state(cid, int(task.config.get("state_round", 0))),
-                                           on_step=on_step)
+                                           local=loaded, on_step=on_step)
             except FeditError as e:
                 outcome.failures[cid] = str(e)
                 continue
@@ -79,8 +79,9 @@ class SimulationEngine:
                 _release_device_memory()
                 continue
             outcome.updates.append(self.faults.after_training(update, ctx.round))
-            if local is not None:
-                outcome.client_state[cid] = local
+            kept = local if local is not None else loaded  # None: the state stays as it was (saved again)
+            if kept:
+                outcome.client_state[cid] = kept
         return outcome
 
     def close(self) -> None:

@@ -93,8 +93,9 @@ class BaseWeights:
 def save_base_delta(delta: Params, adapter_dir: str | Path) -> None:
     from safetensors.torch import save_file
 
+    # one metadata key: safetensors writes a metadata map in hash order, so two keys make the bytes differ by process
     save_file({k: v.contiguous().cpu() for k, v in delta.items()}, str(Path(adapter_dir) / BASE_DELTA_FILE),
-              metadata={"format": "pt", "fedit": "base delta: W = W0 + delta"})
+              metadata={"format": "pt"})
 
 
 def load_base_delta(adapter_dir: str | Path) -> Params:

@@ -18,11 +18,19 @@ from flwr.app import Array, ConfigRecord, Error, Message, MetricRecord, RecordDi
 from flwr.common.constant import ErrorCode  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
-from fedit.engines.flower.records import get_params, put_status, put_update  # noqa: E402
+from fedit.engines.flower.records import get_params, get_tasks, put_status, put_update  # noqa: E402
 from fedit.engines.flower.server_app import FlowerEngine, RoundClock, discover_nodes  # noqa: E402
-from fedit.types import ClientUpdate  # noqa: E402
+from fedit.strategies.base import RoundContext  # noqa: E402
+from fedit.types import ClientTask, ClientUpdate  # noqa: E402
 
 GLOBAL = {"m.lora_A.weight": torch.zeros(2, 3), "m.lora_B.weight": torch.ones(3, 2)}
+RUN = "0123abcd"
+
+
+def _round(r: int, clients: list[int], params: dict | None = None) -> tuple[RoundContext, dict[int, ClientTask]]:
+    """(context, tasks) of round r: the same task object for every client, as the default `configure` makes."""
+    task = ClientTask(GLOBAL if params is None else params, config={"state_round": 0})
+    return RoundContext(r, 0, 4, tuple(clients), RUN), dict.fromkeys(clients, task)
 Behaviour = Callable[[Message], "Message | None"]
 
 
@@ -75,9 +83,10 @@ def _trained(msg: Message, failed: dict[int, str] | None = None) -> RecordDict:
     """A well-formed reply's content: every asked client trained (global + client id), except `failed`."""
     failed = failed or {}
     content = RecordDict()
-    params = get_params(msg.content, "global")
+    _, tasks, _ = get_tasks(msg.content)
     for c in _clients(msg):
         if c not in failed:
+            params = tasks[c].params
             put_update(content, ClientUpdate(c, {k: v + c for k, v in params.items()}, 5, {"loss": 1.0}))
     put_status(content, failed, load_seconds=0.0, seconds=0.0, warm=False)
     return content
@@ -162,7 +171,7 @@ def test_a_malformed_reply_costs_that_node_only(case: str) -> None:
     behaviour, reason = MALFORMED[case]
     grid = StandInGrid({1: good, 2: behaviour})
     engine = _engine(grid, {1: [0, 1], 2: [2]})
-    out = engine.train_round(1, [0, 1, 2], GLOBAL, None)
+    out = engine.train_round(*_round(1, [0, 1, 2]))
     assert [u.client_id for u in out.updates] == [0, 1]
     assert list(out.failures) == [2]
     assert out.failures[2].startswith("node 2") and reason.format(c=2) in out.failures[2], out.failures[2]
@@ -171,7 +180,7 @@ def test_a_malformed_reply_costs_that_node_only(case: str) -> None:
 
 def test_a_client_the_node_reports_as_failed_fails_alone_with_its_reason() -> None:
     grid = StandInGrid({1: lambda m: Message(_trained(m, {1: "DataError: client_001.jsonl is empty"}), reply_to=m)})
-    out = _engine(grid, {1: [0, 1]}).train_round(1, [0, 1], GLOBAL, None)
+    out = _engine(grid, {1: [0, 1]}).train_round(*_round(1, [0, 1]))
     assert [u.client_id for u in out.updates] == [0]
     assert out.failures == {1: "node 1: DataError: client_001.jsonl is empty"}
 
@@ -181,7 +190,7 @@ def test_grace_period_closes_the_round_after_min_clients() -> None:
     grid = StandInGrid({1: good, 2: good}, delays={2: 3.0})
     engine = _engine(grid, {1: [0, 1], 2: [2]}, min_clients=2, round_grace=0.3, round_timeout=60.0)
     t0 = time.monotonic()
-    out = engine.train_round(1, [0, 1, 2], GLOBAL, None)
+    out = engine.train_round(*_round(1, [0, 1, 2]))
     took = time.monotonic() - t0
     assert [u.client_id for u in out.updates] == [0, 1]
     assert out.failures[2].startswith("node 2 did not reply within the round's grace period"), out.failures
@@ -193,7 +202,7 @@ def test_grace_is_at_least_as_long_as_reaching_min_clients_took(late: float, inc
     # min_clients is reached at t_min ~ 0.5 s: the round waits max(0.1, t_min) more, i.e. until ~1.0 s
     grid = StandInGrid({1: good, 2: good}, delays={1: 0.5, 2: late})
     engine = _engine(grid, {1: [0], 2: [1]}, min_clients=1, round_grace=0.1, round_timeout=60.0)
-    out = engine.train_round(1, [0, 1], GLOBAL, None)
+    out = engine.train_round(*_round(1, [0, 1]))
     assert (1 in {u.client_id for u in out.updates}) == included, out.failures
 
 
@@ -212,7 +221,7 @@ def test_no_reply_costs_at_most_the_round_timeout_and_every_message_carries_its_
     grid = StandInGrid({1: silent})
     engine = _engine(grid, {1: [0]}, round_timeout=0.6)
     t0 = time.monotonic()
-    out = engine.train_round(1, [0], GLOBAL, None)
+    out = engine.train_round(*_round(1, [0]))
     assert time.monotonic() - t0 < 1.2
     assert out.failures == {0: "node 1 did not reply within the round's 1s"}
     (msg,) = grid.sent_to(1)
@@ -238,10 +247,10 @@ def test_disconnected_nodes_fail_at_once_and_a_new_node_takes_its_clients_back()
     grid = StandInGrid({1: good, 2: good, 7: hosting(2)})
     grid.connected = {1}  # node 2 is gone, node 7 not there yet
     engine = _engine(grid, {1: [0, 1], 2: [2]})
-    out = engine.train_round(1, [0, 1, 2], GLOBAL, None)
+    out = engine.train_round(*_round(1, [0, 1, 2]))
     assert out.failures == {2: "node 2 is not connected"} and not grid.sent_to(2)
     grid.connected = {1, 7}  # node 2's SuperNode restarted under a new id
-    out = engine.train_round(2, [0, 1, 2], GLOBAL, None)
+    out = engine.train_round(*_round(2, [0, 1, 2]))
     assert not out.failures and [u.client_id for u in out.updates] == [0, 1, 2]
     assert [_clients(m) for m in grid.sent_to(7)] == [[2]]
     (query,) = grid.sent_to(7, "query")
@@ -251,7 +260,7 @@ def test_disconnected_nodes_fail_at_once_and_a_new_node_takes_its_clients_back()
 def test_a_new_node_cannot_take_clients_of_a_connected_node_or_of_another_run() -> None:
     grid = StandInGrid({1: good, 9: hosting(0, 5)})
     engine = _engine(grid, {1: [0, 1]})
-    out = engine.train_round(1, [0, 1], GLOBAL, None)
+    out = engine.train_round(*_round(1, [0, 1]))
     assert not out.failures and engine.node_of == {0: 1, 1: 1} and not grid.sent_to(9)
 
 
@@ -260,7 +269,7 @@ def test_retry_goes_only_to_nodes_that_answered_and_stays_within_the_round_timeo
     grid = StandInGrid({1: lambda m: next(answers)(m), 2: silent})
     engine = _engine(grid, {1: [0], 2: [1]}, min_clients=2, retries=3, round_timeout=1.0)
     t0 = time.monotonic()
-    out = engine.train_round(1, [0, 1], GLOBAL, None)
+    out = engine.train_round(*_round(1, [0, 1]))
     assert time.monotonic() - t0 < 1.5
     assert [u.client_id for u in out.updates] == [0]  # node 1 errored quickly, was retried, and trained
     assert len(grid.sent_to(1)) == 2 and len(grid.sent_to(2)) == 1  # the silent node got no retry
@@ -271,7 +280,7 @@ def test_retry_goes_only_to_nodes_that_answered_and_stays_within_the_round_timeo
 
 def test_no_retry_when_min_clients_is_met() -> None:
     grid = StandInGrid({1: good, 2: error})
-    out = _engine(grid, {1: [0], 2: [1]}, min_clients=1, retries=2).train_round(1, [0, 1], GLOBAL, None)
+    out = _engine(grid, {1: [0], 2: [1]}, min_clients=1, retries=2).train_round(*_round(1, [0, 1]))
     assert list(out.failures) == [1] and len(grid.sent_to(2)) == 1
 
 
@@ -283,7 +292,7 @@ def test_implausible_updates_are_delivered_but_do_not_count_towards_min_clients(
 
     # node 1's NaN update arrives at once, node 2's good one after 0.5 s: the grace starts only then
     grid = StandInGrid({1: mangled(nan), 2: good}, delays={2: 0.5})
-    out = _engine(grid, {1: [0], 2: [1]}, min_clients=1, round_grace=0.05).train_round(1, [0, 1], GLOBAL, None)
+    out = _engine(grid, {1: [0], 2: [1]}, min_clients=1, round_grace=0.05).train_round(*_round(1, [0, 1]))
     assert [u.client_id for u in out.updates] == [0, 1] and not out.failures  # the round loop judges NaN
     assert torch.isnan(out.updates[0].params["m.lora_A.weight"][0, 0])
 
@@ -291,3 +300,24 @@ def test_implausible_updates_are_delivered_but_do_not_count_towards_min_clients(
 def test_discovery_waits_for_every_node_it_asked_not_only_the_first_that_suffices() -> None:
     grid = StandInGrid({1: hosting(0), 2: hosting(1)}, delays={2: 0.4})
     assert discover_nodes(grid, min_nodes=1, num_clients=0, timeout=20.0, poll=0.01) == {1: [0], 2: [1]}
+
+
+def test_a_node_gets_its_clients_tasks_with_each_shared_group_once_and_the_base_delta() -> None:
+    from fedit.engines.flower.records import task_header
+
+    grid = StandInGrid({1: good, 2: good})
+    engine = _engine(grid, {1: [0, 1, 3], 2: [2]})
+    c = {"c.x": torch.ones(2)}
+    tasks = {0: ClientTask(GLOBAL, c, {"state_round": 0}), 1: ClientTask(GLOBAL, c, {"state_round": 2}),
+             2: ClientTask(GLOBAL, c, {"state_round": 1}), 3: ClientTask(GLOBAL, {"c.x": torch.zeros(2)})}
+    engine.set_base_delta({"m.weight": torch.full((2, 2), 0.5)})
+    out = engine.train_round(RoundContext(3, 0, 4, (0, 1, 2, 3), RUN), tasks)
+    assert [u.client_id for u in out.updates] == [0, 1, 2, 3] and not out.failures
+    (m1,) = grid.sent_to(1)
+    header, got, delta = get_tasks(m1.content)
+    assert header["run_id"] == RUN and header["round"] == 3 and sorted(got) == [0, 1, 3]
+    assert [got[i].config.get("state_round") for i in (0, 1)] == [0, 2]
+    assert torch.equal(delta["m.weight"], torch.full((2, 2), 0.5))
+    # groups: the global adapter once, c once, client 3's own extras, the delta: 4, for 3 clients
+    assert len([k for k in m1.content if k.endswith(".arrays")]) == 4
+    assert task_header(grid.sent_to(2)[0].content)["clients"] == [2]

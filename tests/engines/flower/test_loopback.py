@@ -73,19 +73,25 @@ def flower_cfg(micro_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     })
 
 
-@pytest.fixture(scope="module")
-def simulated(flower_cfg: Config, tmp_path_factory: pytest.TempPathFactory):
+def _simulate(cfg: Config):
     """The simulator's run at one torch thread (the Flower side pins one per node worker)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return pipeline.run(flower_cfg.override({"run.out": str(tmp_path_factory.mktemp("sim") / "run")}))
+        return pipeline.run(cfg)
     finally:
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def simulated(flower_cfg: Config, tmp_path_factory: pytest.TempPathFactory):
+    return _simulate(flower_cfg.override({"run.out": str(tmp_path_factory.mktemp("sim") / "run")}))
+
+
 def _layout(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    """The run directory's files, without the clients' own state, which the simulator keeps with each round and
+    Flower nodes keep beside their data."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.parent.name != "clients")
 
 
 def _check_equal(result, simulated) -> None:
@@ -96,9 +102,12 @@ def _check_equal(result, simulated) -> None:
         assert torch.equal(result.final_params[k], v), k  # bit for bit
     run, sim = Path(result.run_dir), Path(simulated.run_dir)
     assert _layout(run) == _layout(sim)
-    assert (run / "final" / "adapter_model.safetensors").read_bytes() == \
-        (sim / "final" / "adapter_model.safetensors").read_bytes()
-    assert json.loads((run / "run.json").read_text()) == json.loads((sim / "run.json").read_text())
+    for f in _layout(sim):  # every adapter, strategy state and base delta of every round, and final/
+        if f.endswith(".safetensors"):
+            assert (run / f).read_bytes() == (sim / f).read_bytes(), f
+    run_info, sim_info = (json.loads((d / "run.json").read_text()) for d in (run, sim))
+    assert run_info.pop("run_id") != sim_info.pop("run_id")  # each run its own id (nodes key client state by it)
+    assert run_info == sim_info
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["insecure", "tls"])
@@ -118,6 +127,26 @@ def test_loopback_run_equals_simulator(flower_cfg, simulated, deployments, tmp_p
         assert proc.poll() is not None, name
         assert not _group_alive(proc.pid), name
     assert not dep.work.exists()  # the private FLWR_HOME and node data are removed after a good run
+
+
+@pytest.mark.parametrize("strategy", ["scaffold", "fedex"])
+def test_loopback_equals_simulator_with_client_state_and_a_base_delta(flower_cfg, deployments, tmp_path,
+                                                                      strategy) -> None:
+    """SCAFFOLD: c_i in each node's state store, c down and delta c_i up as extras, 3 rounds of 3 of 4 clients (so
+    clients skip rounds and come back to their saved state); FedEx-LoRA: the cumulative base delta sent to the
+    nodes, which set W0 + delta before training. Both bit for bit equal to the simulator."""
+    cfg = flower_cfg.override({"strategy.name": strategy, "run.rounds": 3, "run.seed": 2})
+    sim = _simulate(cfg.override({"run.out": str(tmp_path / "sim")}))
+    result = run_flower(cfg.override({"run.out": str(tmp_path / "run")}), threads=1, on_deploy=deployments.append,
+                        log=lambda m: None)
+    _check_equal(result, sim)
+    # seed 2 samples [0, 1, 3], [0, 1, 2], [0, 1, 3]: client 3 skips round 2 and comes back to its round-1 state
+    assert [r.sampled for r in sim.rounds] == [[0, 1, 3], [0, 1, 2], [0, 1, 3]]
+    if strategy == "scaffold":  # the simulator checkpoints the c_i; the Flower run left them on the nodes
+        assert list(Path(sim.run_dir).glob("round_*/clients/*.safetensors"))
+        assert not list(Path(result.run_dir).glob("round_*/clients/*.safetensors"))
+    else:
+        assert (Path(result.run_dir) / "final" / "fedit_base_delta.safetensors").is_file()
 
 
 def test_unreachable_min_clients_stops_with_a_clear_error_and_stays_resumable(flower_cfg, deployments,

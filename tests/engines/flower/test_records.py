@@ -13,14 +13,17 @@ from flwr.app import Array, RecordDict  # noqa: E402
 from fedit.engines.flower.codec import npy_bytes, npy_load, numpy_to_tensor, tensor_to_numpy  # noqa: E402
 from fedit.engines.flower.records import (  # noqa: E402
     get_params,
+    get_tasks,
     get_update,
     put_params,
     put_raw_update,
+    put_tasks,
     put_update,
     raw_params,
+    raw_tasks,
 )
-from fedit.engines.flower.worker import decode_params, encode_update  # noqa: E402
-from fedit.types import ClientUpdate  # noqa: E402
+from fedit.engines.flower.worker import decode_params, decode_tasks, encode_update  # noqa: E402
+from fedit.types import ClientTask, ClientUpdate  # noqa: E402
 
 
 def _payload() -> dict[str, torch.Tensor]:
@@ -82,6 +85,54 @@ def test_client_update_round_trip_cold_and_warm_paths() -> None:
     # and what a global adapter looks like on the worker's side of the socket
     keys, dtypes, raw = raw_params(rd, "client.3")
     _same_bits(u.params, decode_params(keys, dtypes, raw))
+
+
+def test_update_extras_round_trip_cold_and_warm_paths() -> None:
+    extras = {"c.m.lora_A.weight": torch.randn(2, 3, dtype=torch.float64), "c.m.lora_B.weight": torch.randn(3, 2)}
+    u = ClientUpdate(1, _payload(), 4, {"loss": 0.5}, extras)
+    rd = RecordDict()
+    put_update(rd, u)
+    _same_bits(extras, get_update(rd, 1).extras)
+    entry, buffers = encode_update(u)
+    rd2 = RecordDict()
+    put_raw_update(rd2, json.loads(json.dumps(entry)), buffers)
+    back = get_update(rd2, 1)
+    _same_bits(extras, back.extras)
+    _same_bits(u.params, back.params)
+    plain = RecordDict()
+    put_update(plain, ClientUpdate(2, _payload(), 4, {"loss": 0.5}))
+    assert get_update(plain, 2).extras == {} and not any(k.startswith("client.2.extras") for k in plain)
+
+
+def test_tasks_send_each_shared_tensor_group_once_and_round_trip() -> None:
+    shared, c = _payload(), {"c.x": torch.arange(6.0).reshape(2, 3)}
+    own = {"c.x": torch.ones(2, 3)}
+    tasks = {0: ClientTask(shared, c, {"state_round": 0}), 2: ClientTask(shared, c, {"state_round": 1}),
+             5: ClientTask(shared, own, {"state_round": 3, "lr": 0.5, "tag": "x"})}
+    delta = {"m.weight": torch.full((3, 3), 0.25)}
+    rd = RecordDict()
+    put_tasks(rd, 4, "run42", tasks, delta)
+    groups = sorted(k.removesuffix(".arrays") for k in rd if k.endswith(".arrays"))
+    assert groups == ["g0", "g1", "g2", "g3"]  # shared payload, c, the own extras, the delta: 4 groups, not 7
+    header, back, back_delta = get_tasks(rd)
+    assert (header["round"], header["clients"], header["run_id"]) == (4, [0, 2, 5], "run42")
+    for cid, t in tasks.items():
+        _same_bits(t.params, back[cid].params)
+        _same_bits(t.extras, back[cid].extras)
+        assert back[cid].config == t.config
+    assert back[0].params is back[2].params  # decoded once, shared again on the node
+    _same_bits(delta, back_delta)
+    # the warm worker's form: the same tasks and delta, bit for bit
+    raw, buffers = raw_tasks(rd)
+    warm, warm_delta = decode_tasks(json.loads(json.dumps(raw)), buffers)
+    for cid, t in tasks.items():
+        _same_bits(t.params, warm[cid].params)
+        _same_bits(t.extras, warm[cid].extras)
+        assert warm[cid].config == t.config
+    _same_bits(delta, warm_delta)
+    none = RecordDict()
+    put_tasks(none, 1, "r", {0: ClientTask(shared)}, {})
+    assert get_tasks(none)[2] == {} and get_tasks(none)[1][0].extras == {}
 
 
 def test_unknown_dtype_is_refused() -> None:

@@ -12,12 +12,10 @@ past it. The clock is the wall clock on both sides, as Flower's own TTL check: k
 
 from __future__ import annotations
 
-from typing import Any
-
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedit.engines.flower.records import put_raw_update, put_status, raw_params
+from fedit.engines.flower.records import put_raw_update, put_status, raw_tasks, raw_update_buffers
 
 app = ClientApp()
 
@@ -41,36 +39,32 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    from fedit.engines.flower.records import task_header
     from fedit.engines.flower.worker import WorkerUnavailable
 
-    task = msg.content["task"]
-    round_idx = int(task["round"])  # type: ignore[arg-type]
-    clients = [int(c) for c in task["clients"]]  # type: ignore[union-attr]
+    round_idx = task_header(msg.content)["round"]
     deadline = deadline_of(msg)
     if context.node_config.get("worker"):
         try:
-            return Message(_train_on_worker(msg, context, round_idx, clients, deadline), reply_to=msg)
+            return Message(_train_on_worker(msg, context, deadline), reply_to=msg)
         except WorkerUnavailable as e:
             _log(f"round {round_idx}: {e}; training in this process instead")
-    return Message(_train_here(msg, context, round_idx, clients, deadline), reply_to=msg)
+    return Message(_train_here(msg, context, deadline), reply_to=msg)
 
 
-def _train_on_worker(msg: Message, context: Context, round_idx: int, clients: list[int],
-                     deadline: float) -> RecordDict:
+def _train_on_worker(msg: Message, context: Context, deadline: float) -> RecordDict:
     from fedit.engines.flower.worker import request
 
     node_config = dict(context.node_config)
-    keys, dtypes, buffers = raw_params(msg.content, "global")
-    header: dict[str, Any] = {"op": "train", "round": round_idx, "clients": clients, "keys": keys,
-                              "dtypes": dtypes, "config": str(context.run_config.get("fedit-config", "")),
-                              "node_config": node_config}
+    header, buffers = raw_tasks(msg.content)
+    header |= {"op": "train", "config": str(context.run_config.get("fedit-config", "")), "node_config": node_config}
     reply, out = request(str(node_config["worker"]), header, buffers, deadline=deadline)
     if "error" in reply:
         raise RuntimeError(f"node worker: {reply['error']}")
     content = RecordDict()
     i = 0
     for u in reply["updates"]:
-        n = len(u["keys"])
+        n = raw_update_buffers(u)
         put_raw_update(content, u, out[i:i + n])
         i += n
     put_status(content, dict(zip(reply["failed"], reply["reasons"], strict=True)),
@@ -78,13 +72,14 @@ def _train_on_worker(msg: Message, context: Context, round_idx: int, clients: li
     return content
 
 
-def _train_here(msg: Message, context: Context, round_idx: int, clients: list[int], deadline: float) -> RecordDict:
+def _train_here(msg: Message, context: Context, deadline: float) -> RecordDict:
     from fedit.engines.flower.node import train_clients
     from fedit.engines.flower.protocol import config_from_run_config
-    from fedit.engines.flower.records import get_params, put_update
+    from fedit.engines.flower.records import get_tasks, put_update
 
     cfg = config_from_run_config(context.run_config)
-    report = train_clients(cfg, dict(context.node_config), round_idx, clients, get_params(msg.content, "global"),
+    header, tasks, base_delta = get_tasks(msg.content)
+    report = train_clients(cfg, dict(context.node_config), header["round"], tasks, base_delta, header["run_id"],
                            deadline)
     content = RecordDict()
     for u in report.updates:

@@ -2,9 +2,11 @@
 
 A SuperNode's `--node-config` names a directory of client files (`client_NNN.jsonl`, as `fedit partition` writes
 them); the number in the name is the client's global id, and discovery reports ids from the names alone. The
-records never leave the node: only the LoRA payload does. Training calls the same `train_client` as the
-simulator, with the same (seed, round, client) seeds, through `train_clients`, the one train-and-report loop that
-the in-process (cold) ClientApp and the warm worker share, and that applies the run's injected faults.
+records never leave the node: only the LoRA payload does. Training calls the same `train_task` as the
+simulator, under the strategy's client plan rebuilt from the run's config, with the same (seed, round, client)
+seeds and the client's own state from this node's store (state.py), through `train_clients`, the one
+train-and-report loop that the in-process (cold) ClientApp and the warm worker share, and that applies the run's
+injected faults. A base delta the server sends (FedEx-LoRA) is set as W0 + delta before the clients train.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedit.config import Config
+from fedit.engines.flower.state import NodeStateStore, state_root
 from fedit.errors import ConfigError, DataError, FeditError
 
 if TYPE_CHECKING:
     from fedit.data.tokenize import TokenizedData
-    from fedit.types import ClientUpdate, Params
+    from fedit.types import ClientTask, ClientUpdate, Params
 
 CLIENT_FILE = re.compile(r"^client_(\d+)\.jsonl$")
 
@@ -69,7 +72,8 @@ def client_files(node_config: dict[str, Any]) -> dict[int, Path]:
 
 
 class NodeWorker:
-    """The base model with its LoRA slots, kept for the process lifetime, and the hosted clients' data.
+    """The base model with its LoRA slots, kept for the process lifetime, the strategy's client plan, and the
+    hosted clients' data and state.
 
     Each client's file is read and tokenized the first time that client is trained, and the result, or the error,
     is kept: one client's bad file fails that client alone, in every round, without touching its neighbours.
@@ -85,7 +89,8 @@ class NodeWorker:
         if node_config.get("model"):  # the base model lives at another path on this node
             cfg = cfg.override({"model.name": str(node_config["model"])})
         self.bundle = build_model(cfg)
-        self.objective = build_strategy(cfg.strategy).client_objective()
+        self.plan = build_strategy(cfg.strategy).client_plan()
+        self.state_root = state_root(node_config)
         self._data: dict[int, TokenizedData | DataError] = {}
         self.load_seconds = time.perf_counter() - t0
 
@@ -118,12 +123,24 @@ class NodeWorker:
         except Exception as e:  # noqa: BLE001 - whatever a bad file causes is that client's failure
             return DataError(f"{self.files[client_id]}: {type(e).__name__}: {e}")
 
-    def train(self, round_idx: int, client_id: int, global_params: Params) -> ClientUpdate:
-        from fedit.client.train import train_client
+    def set_base_delta(self, delta: Params) -> None:
+        """Set the base to W0 + `delta` (the cumulative delta the server sent; {} restores W0)."""
+        self.bundle.trainer.base.apply(delta)  # type: ignore[union-attr]
 
-        return train_client(self.bundle.trainer, global_params, self.data(client_id), self.cfg.client,
-                            client_id=client_id, round_idx=round_idx, seed=self.cfg.run.seed,
-                            objective=self.objective)
+    def train(self, round_idx: int, client_id: int, task: ClientTask, run_id: str) -> ClientUpdate:
+        """Train one client on its task; its new state (if the plan keeps any) is saved in the node's store."""
+        from fedit.client.train import train_task
+
+        store = NodeStateStore(self.state_root, run_id)
+        loaded = int(task.config.get("state_round", 0))
+        local = store.load(client_id, loaded)
+        update, new_local = train_task(self.bundle.trainer, task, self.data(client_id), self.cfg.client,
+                                       client_id=client_id, round_idx=round_idx, seed=self.cfg.run.seed,
+                                       plan=self.plan, local=local)
+        kept = new_local if new_local is not None else local  # None: the state stays as it was
+        if kept:
+            store.save(client_id, round_idx, kept, loaded)
+        return update
 
 
 _WORKERS: dict[str, NodeWorker] = {}
@@ -166,12 +183,13 @@ def hold_past(deadline: float) -> None:
     time.sleep(max(0.0, deadline + 1.0 - time.time()))
 
 
-def train_clients(cfg: Config, node_config: dict[str, Any], round_idx: int, clients: list[int],
-                  global_params: Params, deadline: float) -> NodeReport:
+def train_clients(cfg: Config, node_config: dict[str, Any], round_idx: int, tasks: dict[int, ClientTask],
+                  base_delta: Params, run_id: str, deadline: float) -> NodeReport:
     """The one per-client train-and-report loop of a node (cold ClientApp and warm worker alike).
 
-    For each client: the run's faults before training (`slow` sleeps, `crash` raises), `train_client`, the faults
-    after training (the update as a faulty client would send it). One client's failure is reported with its
+    First the base is set to W0 + `base_delta`. For each client, in id order: the run's faults before training
+    (`slow` sleeps, `crash` raises), its task trained, the faults after training (the update as a faulty client
+    would send it). One client's failure is reported with its
     reason, never raised. A `hang` fault makes the whole node hold the message until its deadline has passed and
     then raise NodeHeld. Clients not started before `deadline` (epoch seconds) are reported as failed unstarted.
     """
@@ -179,19 +197,25 @@ def train_clients(cfg: Config, node_config: dict[str, Any], round_idx: int, clie
 
     t0 = time.perf_counter()
     faults = FaultPlan(cfg.run.faults)
+    clients = sorted(tasks)
     held = [c for c in clients if faults.hangs(round_idx, c)]
     if held:
         hold_past(deadline)
         raise NodeHeld(f"injected hang for client(s) {held}: the node held round {round_idx} past its deadline")
     worker = get_worker(cfg, node_config)
     report = NodeReport(load_seconds=time.perf_counter() - t0)
+    try:
+        worker.set_base_delta(base_delta)
+    except Exception as e:  # noqa: BLE001 - a delta this model cannot take fails this node's clients
+        report.failed = dict.fromkeys(clients, f"the base delta cannot be applied on this node: {_failure(e)}")
+        return report
     for cid in clients:
         if time.time() >= deadline:
             report.failed[cid] = f"not started: the round's deadline passed on the node (round {round_idx})"
             continue
         try:
             faults.before_training(round_idx, cid)
-            update = worker.train(round_idx, cid, global_params)
+            update = worker.train(round_idx, cid, tasks[cid], run_id)
             report.updates.append(faults.after_training(update, round_idx))
         except Exception as e:  # noqa: BLE001 - any crash of one client is that client's failure
             report.failed[cid] = _failure(e)

@@ -11,12 +11,14 @@ the decoder's own) naming what is malformed, and the ServerApp turns that into t
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 if TYPE_CHECKING:
-    from fedit.types import ClientUpdate, Params
+    from fedit.types import ClientTask, ClientUpdate, Params
 
 NUMPY_STYPE = "numpy.ndarray"
 
@@ -74,9 +76,11 @@ def get_params(content: RecordDict, prefix: str) -> Params:
 
 
 def put_update(content: RecordDict, update: ClientUpdate) -> None:
-    """One client's update under the prefix `client.<id>`."""
+    """One client's update under the prefix `client.<id>` (its extra tensors, if any, under `client.<id>.extras`)."""
     prefix = f"client.{update.client_id}"
     put_params(content, prefix, update.params)
+    if update.extras:
+        put_params(content, f"{prefix}.extras", update.extras)
     content[f"{prefix}.metrics"] = MetricRecord({k: float(v) for k, v in update.metrics.items()}
                                                 | {"num_examples": int(update.num_examples)})
 
@@ -93,8 +97,71 @@ def get_update(content: RecordDict, client_id: int) -> ClientUpdate:
     for k, v in metrics.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise MalformedRecord(f"{prefix}.metrics[{k!r}] is {v!r}, expected a number")
+    extras = get_params(content, f"{prefix}.extras") if f"{prefix}.extras.arrays" in content else {}
     return ClientUpdate(client_id, get_params(content, prefix), n,  # type: ignore[arg-type]
-                        {k: float(v) for k, v in metrics.items()})  # type: ignore[arg-type]
+                        {k: float(v) for k, v in metrics.items()}, extras)  # type: ignore[arg-type]
+
+
+# ---- a train message: the round's tasks for one node's clients, each distinct tensor group sent once ----------
+def put_tasks(content: RecordDict, round_idx: int, run_id: str, tasks: Mapping[int, ClientTask],
+              base_delta: Params | None) -> None:
+    """The `task` record (round, clients, run id, each client's task as JSON naming its tensor groups) and the
+    groups `g<i>.{arrays,dtypes}`: a tensor dict shared by several tasks (the global adapter, SCAFFOLD's c) is
+    one group, sent once. The cumulative base delta, if any, is a group too."""
+    groups: dict[int, str] = {}
+
+    def group(params: Params | None) -> str:
+        if not params:
+            return ""
+        if id(params) not in groups:
+            groups[id(params)] = f"g{len(groups)}"
+            put_params(content, groups[id(params)], params)
+        return groups[id(params)]
+
+    spec = {str(cid): {"params": group(t.params), "extras": group(t.extras), "config": dict(t.config)}
+            for cid, t in sorted(tasks.items())}
+    content["task"] = ConfigRecord({"round": int(round_idx), "clients": sorted(int(c) for c in tasks),
+                                    "run_id": str(run_id), "tasks": json.dumps(spec),
+                                    "base_delta": group(base_delta)})
+
+
+def task_header(content: RecordDict) -> dict[str, Any]:
+    """The `task` record as plain values: round, clients, run_id, tasks (client id -> spec), base_delta."""
+    task = _record(content, "task", ConfigRecord)
+    return {"round": int(task["round"]), "clients": [int(c) for c in task["clients"]],  # type: ignore[union-attr]
+            "run_id": str(task.get("run_id", "")), "tasks": json.loads(str(task["tasks"])),
+            "base_delta": str(task.get("base_delta", ""))}
+
+
+def tasks_from(header: dict[str, Any], group: Any) -> tuple[dict[int, ClientTask], Params]:
+    """(client id -> task, base delta) from `task_header` and `group(name) -> Params` (one object per name)."""
+    from fedit.types import ClientTask
+
+    cache: dict[str, Params] = {}
+
+    def get(name: str) -> Params:
+        if not name:
+            return {}
+        if name not in cache:
+            cache[name] = group(name)
+        return cache[name]
+
+    tasks = {int(c): ClientTask(get(s["params"]), get(s["extras"]), dict(s["config"]))
+             for c, s in header["tasks"].items()}
+    return tasks, get(header["base_delta"])
+
+
+def get_tasks(content: RecordDict) -> tuple[dict[str, Any], dict[int, ClientTask], Params]:
+    """(task header, client id -> task, base delta) of a train message."""
+    header = task_header(content)
+    tasks, delta = tasks_from(header, lambda name: get_params(content, name))
+    return header, tasks, delta
+
+
+def task_groups(header: dict[str, Any]) -> list[str]:
+    """The tensor groups a task header names, in a fixed order."""
+    names = {s[k] for s in header["tasks"].values() for k in ("params", "extras")} | {header["base_delta"]}
+    return sorted(n for n in names if n)
 
 
 def put_status(content: RecordDict, failed: dict[int, str], *, load_seconds: float, seconds: float,
@@ -125,14 +192,40 @@ def raw_params(content: RecordDict, prefix: str) -> tuple[list[str], dict[str, s
     return keys, {k: str(dtypes[k]) for k in keys}, [arrays[k].data for k in keys]
 
 
-def put_raw_update(content: RecordDict, update: dict[str, Any], buffers: list[bytes]) -> None:
-    """A worker's update (header dict + .npy buffers) as records, without decoding the arrays."""
-    prefix = f"client.{update['client']}"
+def raw_tasks(content: RecordDict) -> tuple[dict[str, Any], list[bytes]]:
+    """A train message as (JSON-able header, .npy buffers) for the worker socket: the task header plus, per tensor
+    group, its keys and dtypes; the buffers follow group by group, key by key."""
+    header = task_header(content)
+    groups: dict[str, dict[str, Any]] = {}
+    buffers: list[bytes] = []
+    for name in task_groups(header):
+        keys, dtypes, raw = raw_params(content, name)
+        groups[name] = {"keys": keys, "dtypes": dtypes}
+        buffers += raw
+    return header | {"groups": groups}, buffers
+
+
+def put_raw_params(content: RecordDict, prefix: str, entry: dict[str, Any], buffers: list[bytes]) -> None:
+    """One tensor group in the socket form (keys, shapes, wire dtypes, torch dtypes + buffers) as records."""
     arrays = ArrayRecord()
-    for key, shape, wire_dtype, data in zip(update["keys"], update["shapes"], update["wire_dtypes"], buffers,
+    for key, shape, wire_dtype, data in zip(entry["keys"], entry["shapes"], entry["wire_dtypes"], buffers,
                                             strict=True):
         arrays[key] = Array(dtype=wire_dtype, shape=tuple(shape), stype=NUMPY_STYPE, data=data)
     content[f"{prefix}.arrays"] = arrays
-    content[f"{prefix}.dtypes"] = ConfigRecord(dict(update["dtypes"]))
+    content[f"{prefix}.dtypes"] = ConfigRecord(dict(entry["dtypes"]))
+
+
+def put_raw_update(content: RecordDict, update: dict[str, Any], buffers: list[bytes]) -> None:
+    """A worker's update (header entry + .npy buffers: the params' then the extras') as records, undecoded."""
+    prefix = f"client.{update['client']}"
+    n = len(update["params"]["keys"])
+    put_raw_params(content, prefix, update["params"], buffers[:n])
+    if update["extras"]["keys"]:
+        put_raw_params(content, f"{prefix}.extras", update["extras"], buffers[n:])
     content[f"{prefix}.metrics"] = MetricRecord({k: float(v) for k, v in update["metrics"].items()}
                                                 | {"num_examples": int(update["num_examples"])})
+
+
+def raw_update_buffers(update: dict[str, Any]) -> int:
+    """How many buffers one update entry of the socket form takes."""
+    return len(update["params"]["keys"]) + len(update["extras"]["keys"])

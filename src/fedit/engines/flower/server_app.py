@@ -1,7 +1,10 @@
 """The Flower ServerApp: fedit's own round loop (sampling, strategies, checkpoints, metrics) over a Flower Grid.
 
 `FlowerEngine` implements fedit's Engine protocol. Each round it sends one Message per SuperNode carrying the
-global adapter and the ids of the sampled logical clients that node hosts, and reads the replies as they come.
+tasks of the sampled logical clients that node hosts (records.put_tasks: a tensor group shared by several tasks,
+such as the global adapter, goes once per node; per-client extras and settings, `state_round` among them, ride
+with each task), the run id (the node keys its clients' state by it) and the cumulative base delta, if the
+strategy made one; the replies are read as they come.
 What a node does wrong costs that node's clients for the round, never the run:
 
 - before the round, clients whose node is no longer in `grid.get_node_ids()` fail at once ("not connected"), and
@@ -27,14 +30,14 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedit.client.objectives import ClientObjective
 from fedit.config import Config
 from fedit.engines.base import ClientProgress, RoundOutcome
 from fedit.engines.flower.protocol import config_from_run_config, run_setting
-from fedit.engines.flower.records import put_params
+from fedit.engines.flower.records import put_tasks
 from fedit.engines.flower.replies import hosted_clients, read_reply, short
 from fedit.errors import ClientError, ConfigError
-from fedit.types import ClientUpdate, Params
+from fedit.strategies.base import RoundContext
+from fedit.types import ClientTask, ClientUpdate, Params
 
 MIN_TTL = 0.1  # a message with less time left is not sent (and Flower would read a ttl of 0 as its 12 h default)
 QUERY_WAIT = 10.0  # seconds a round start waits for new SuperNodes to say which clients they host
@@ -209,8 +212,9 @@ class _Round:
     """What one round has gathered so far, across attempts."""
 
     idx: int
-    expected: Params
+    tasks: dict[int, ClientTask]
     clock: RoundClock
+    run_id: str = ""
     updates: dict[int, ClientUpdate] = field(default_factory=dict)
     failures: dict[int, str] = field(default_factory=dict)
     retriable: set[int] = field(default_factory=set)  # failed clients whose node answered: worth a retry
@@ -248,6 +252,7 @@ class FlowerEngine:
         self.num_clients = len(self.node_of)
         self.asked = set(hosted)  # node ids whose clients are known, or that were asked
         self._queries: dict[str, tuple[Message, float]] = {}  # open client queries: id -> (message, expiry)
+        self.base_delta: Params = {}
 
     # -- liveness: who is connected, and which clients new nodes host --------------------------------------------
     def _liveness(self, clock: RoundClock) -> set[int] | None:
@@ -294,23 +299,26 @@ class FlowerEngine:
             _log(f"clients {moved} are now served by SuperNode {node}")
 
     # -- one attempt: send, read replies as they come, until the (moving) deadline --------------------------------
-    def _messages(self, round_idx: int, client_ids: Iterable[int], content: RecordDict,
-                  ttl: float) -> list[Message]:
+    def _messages(self, rnd: _Round, client_ids: Iterable[int], ttl: float) -> list[Message]:
         by_node: dict[int, list[int]] = {}
         for cid in sorted(client_ids):
             by_node.setdefault(self.node_of[cid], []).append(cid)
         msgs = []
         for node, cids in sorted(by_node.items()):
-            rd = RecordDict({k: v for k, v in content.items()})
-            rd["task"] = ConfigRecord({"round": round_idx, "clients": cids})
-            msgs.append(Message(rd, dst_node_id=node, message_type="train", group_id=str(round_idx), ttl=ttl))
+            rd = RecordDict()
+            put_tasks(rd, rnd.idx, rnd.run_id, {c: rnd.tasks[c] for c in cids}, self.base_delta)
+            msgs.append(Message(rd, dst_node_id=node, message_type="train", group_id=str(rnd.idx), ttl=ttl))
         return msgs
 
-    def _plausible(self, update: ClientUpdate, expected: Params) -> bool:
+    def _plausible(self, update: ClientUpdate, task: ClientTask | None) -> bool:
+        """Whether the update would pass the round loop's checks, judged against what its client was sent (the
+        tensors a client loads are those it returns, for every strategy so far); only counts towards min_clients."""
         from fedit.server.validate import update_problem
 
+        if task is None:
+            return False
         try:
-            return update_problem(update, expected, self.max_examples) is None
+            return update_problem(update, task.params, self.max_examples) is None
         except Exception:  # noqa: BLE001 - only counts towards min_clients; the round loop judges it again
             return False
 
@@ -320,7 +328,7 @@ class FlowerEngine:
         for cid, reason in answer.failures.items():
             rnd.fail(cid, reason, retriable=answer.answered)
         for update in answer.updates.values():
-            rnd.succeed(update, self._plausible(update, rnd.expected))
+            rnd.succeed(update, self._plausible(update, rnd.tasks.get(update.client_id)))
         if len(rnd.plausible) >= self.min_clients:
             rnd.clock.min_reached()
 
@@ -331,20 +339,20 @@ class FlowerEngine:
                     f"after {self.min_clients} update(s) were in at {c.t_min - c.start:.1f}s)")
         return f"node {node} did not reply within the round's {self.round_timeout:.0f}s"
 
-    def _send(self, rnd: _Round, client_ids: list[int], content: RecordDict) -> dict[str, Message]:
+    def _send(self, rnd: _Round, client_ids: list[int]) -> dict[str, Message]:
         """Push one message per node for `client_ids`, TTL = the round's remaining time; returns what was pushed."""
         ttl = rnd.clock.remaining()
         if ttl < MIN_TTL:
             for cid in client_ids:
                 rnd.fail(cid, f"round {rnd.idx} had no time left to send client {cid}")
             return {}
-        pushed, refused = push(self.grid, self._messages(rnd.idx, client_ids, content, ttl))
+        pushed, refused = push(self.grid, self._messages(rnd, client_ids, ttl))
         for msg, reason in refused:
             for cid in _clients_of(msg):
                 rnd.fail(cid, reason)
         return pushed
 
-    def _maybe_retry(self, rnd: _Round, pending: dict[str, Message], content: RecordDict) -> None:
+    def _maybe_retry(self, rnd: _Round, pending: dict[str, Message]) -> None:
         """Re-send failed clients whose node answered, as soon as min_clients cannot be met without them."""
         waiting = sum(len(_clients_of(m)) for m in pending.values())
         if len(rnd.plausible) + waiting >= self.min_clients:
@@ -356,15 +364,20 @@ class FlowerEngine:
             rnd.tries[c] = rnd.tries.get(c, 0) + 1
         _log(f"round {rnd.idx}: {len(rnd.plausible)} usable update(s) + {waiting} awaited < min_clients "
              f"{self.min_clients}; re-sending clients {again}, whose nodes answered")
-        pending.update(self._send(rnd, again, content))
+        pending.update(self._send(rnd, again))
 
-    def train_round(self, round_idx: int, client_ids: list[int], global_params: Params,
-                    objective: ClientObjective | None, progress: ClientProgress | None = None) -> RoundOutcome:
-        # the clients rebuild the strategy's objective from the config they share with the server
-        rnd = _Round(round_idx, global_params, RoundClock(time.monotonic(), self.round_timeout, self.round_grace))
+    def set_base_delta(self, delta: Params) -> None:
+        """Every later train message carries `delta` (cumulative): the nodes set W0 + delta themselves."""
+        self.base_delta = dict(delta)
+
+    def train_round(self, ctx: RoundContext, tasks: dict[int, ClientTask],
+                    progress: ClientProgress | None = None) -> RoundOutcome:
+        # the nodes rebuild the strategy's client plan from the config they share with the server
+        rnd = _Round(ctx.round, dict(tasks), RoundClock(time.monotonic(), self.round_timeout, self.round_grace),
+                     ctx.run_id)
         connected = self._liveness(rnd.clock)
         send = []
-        for cid in sorted(client_ids):
+        for cid in sorted(tasks):
             node = self.node_of.get(cid)
             if node is None:
                 rnd.fail(cid, f"no SuperNode hosts client {cid}")
@@ -372,15 +385,13 @@ class FlowerEngine:
                 rnd.fail(cid, f"node {node} is not connected")
             else:
                 send.append(cid)
-        content = RecordDict()
-        put_params(content, "global", global_params)
-        pending = self._send(rnd, send, content) if send else {}
+        pending = self._send(rnd, send) if send else {}
 
         def on_reply(sent: Message, reply: Message) -> None:
             self._take(rnd, sent, reply)
-            self._maybe_retry(rnd, pending, content)
+            self._maybe_retry(rnd, pending)
 
-        self._maybe_retry(rnd, pending, content)
+        self._maybe_retry(rnd, pending)
         left = poll_replies(self.grid, pending, rnd.clock.deadline, self.poll, on_reply)
         for msg in left.values():
             reason = self._missed(rnd, msg.metadata.dst_node_id)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fedit.engines.flower.node import NodeReport
-    from fedit.types import ClientUpdate, Params
+    from fedit.types import ClientTask, ClientUpdate, Params
 
 CONNECT_WAIT = 5.0  # seconds a request waits for a worker that is starting or restarting
 RECEIVE_WAIT = 60.0  # seconds the worker waits for a connected ClientApp to send its request
@@ -116,22 +116,28 @@ def request(socket_path: str | Path, header: dict[str, Any], buffers: list[bytes
             raise WorkerUnavailable(f"the node worker at {socket_path} went away mid-request: {e}") from e
 
 
-# ---- the socket form of updates: a JSON entry per update plus one .npy buffer per tensor -------------------------
-def encode_update(update: ClientUpdate) -> tuple[dict[str, Any], list[bytes]]:
-    """(header entry, .npy buffers) for one update; `records.put_raw_update` turns them into Flower records."""
+# ---- the socket form: a JSON entry per tensor group (keys, shapes, dtypes) plus one .npy buffer per tensor -------
+def encode_params(params: Params) -> tuple[dict[str, Any], list[bytes]]:
     from fedit.engines.flower.codec import npy_bytes, tensor_to_numpy
 
-    entry: dict[str, Any] = {"client": update.client_id, "num_examples": update.num_examples,
-                             "metrics": dict(update.metrics), "keys": [], "shapes": [], "wire_dtypes": [],
-                             "dtypes": {}}
+    entry: dict[str, Any] = {"keys": [], "shapes": [], "wire_dtypes": [], "dtypes": {}}
     buffers = []
-    for k, t in update.params.items():
+    for k, t in params.items():
         arr, entry["dtypes"][k] = tensor_to_numpy(t)
         entry["keys"].append(k)
         entry["shapes"].append(list(arr.shape))
         entry["wire_dtypes"].append(str(arr.dtype))
         buffers.append(npy_bytes(arr))
     return entry, buffers
+
+
+def encode_update(update: ClientUpdate) -> tuple[dict[str, Any], list[bytes]]:
+    """(header entry, .npy buffers: params then extras) for one update; `records.put_raw_update` makes records."""
+    params, buffers = encode_params(update.params)
+    extras, more = encode_params(update.extras)
+    entry = {"client": update.client_id, "num_examples": update.num_examples, "metrics": dict(update.metrics),
+             "params": params, "extras": extras}
+    return entry, buffers + more
 
 
 def encode_report(report: NodeReport) -> tuple[dict[str, Any], list[bytes]]:
@@ -151,6 +157,21 @@ def decode_params(keys: list[str], dtypes: dict[str, str], buffers: list[bytes])
     return {k: numpy_to_tensor(npy_load(b), dtypes[k]) for k, b in zip(keys, buffers, strict=True)}
 
 
+def decode_tasks(header: dict[str, Any], buffers: list[bytes]) -> tuple[dict[int, ClientTask], Params]:
+    """(client id -> task, base delta) from `records.raw_tasks`' form."""
+    from fedit.engines.flower.records import tasks_from
+
+    groups: dict[str, Params] = {}
+    i = 0
+    for name, g in header["groups"].items():
+        n = len(g["keys"])
+        groups[name] = decode_params(g["keys"], g["dtypes"], buffers[i:i + n])
+        i += n
+    if i != len(buffers):
+        raise ValueError(f"the request carries {len(buffers)} buffers, its groups name {i}")
+    return tasks_from(header, groups.__getitem__)
+
+
 def handle(header: dict[str, Any], buffers: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
     """Train the requested clients; one client's failure is reported, never raised."""
     from fedit.config import Config
@@ -159,9 +180,9 @@ def handle(header: dict[str, Any], buffers: list[bytes]) -> tuple[dict[str, Any]
     if header.get("op") != "train":
         raise ValueError(f"unknown request {header.get('op')!r}")
     cfg = Config.from_toml(header["config"], where="fedit-config (node worker request)")
-    params = decode_params(header["keys"], header["dtypes"], buffers)
-    report = train_clients(cfg, header["node_config"], int(header["round"]), [int(c) for c in header["clients"]],
-                           params, float(header["deadline"]))
+    tasks, base_delta = decode_tasks(header, buffers)
+    report = train_clients(cfg, header["node_config"], int(header["round"]), tasks, base_delta,
+                           str(header.get("run_id", "")), float(header["deadline"]))
     return encode_report(report)
 
 

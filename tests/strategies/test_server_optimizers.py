@@ -220,7 +220,7 @@ def test_settings_are_validated(key: str, value: float, expected: str) -> None:
 
 def test_defaults_are_the_documented_ones() -> None:
     avgm = build_strategy(Config().override({"strategy.name": "fedavgm"}).strategy).cfg
-    assert (avgm.server_lr, avgm.momentum, avgm.nesterov) == (1.0, 0.9, False)
+    assert (avgm.server_lr, avgm.momentum, avgm.nesterov) == (0.1, 0.9, False)
     ada = build_strategy(Config().override({"strategy.name": "fedadagrad"}).strategy).cfg
     assert (ada.server_lr, ada.beta1, ada.tau, ada.v_init) == (1e-2, 0.0, 1e-3, 1e-6)
     yogi = build_strategy(Config().override({"strategy.name": "fedyogi"}).strategy).cfg

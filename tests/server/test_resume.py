@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from fedit import pipeline
 from fedit.config import Config
@@ -54,6 +55,34 @@ def test_resume_is_bit_identical_and_checkpoints_are_complete(micro_model_dir: P
         assert key in r1
     ev = json.loads((tmp_path / "part" / "eval.json").read_text())
     assert set(ev["mean"]) >= {"base_score", "final_score", "base_loss", "final_loss"}
+
+
+@pytest.mark.parametrize("strategy", ["scaffold", "fedyogi"])
+def test_resume_is_bit_identical_with_server_and_client_state(strategy: str, micro_model_dir: Path,
+                                                              small_data_file: Path, tmp_path: Path) -> None:
+    """2 rounds + resume + 1 == 3 rounds for a strategy with server state (FedYogi's m, v, t; SCAFFOLD's c, N)
+    and, for SCAFFOLD, per-client state (each c_i, saved with the round that produced it)."""
+    full = pipeline.run(small_config(micro_model_dir, small_data_file, tmp_path / "full", 3, strategy))
+    part = pipeline.run(small_config(micro_model_dir, small_data_file, tmp_path / "part", 2, strategy))
+    resumed = pipeline.run(small_config(micro_model_dir, small_data_file, tmp_path / "part", 3, strategy),
+                           resume=tmp_path / "part")
+    assert not same(full.final_params, part.final_params)
+    assert same(full.final_params, resumed.final_params)
+    rows = {d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("full", "part")}
+    assert [r["sampled"] for r in rows["part"]] == [r["sampled"] for r in rows["full"]]
+    assert [r.get("train_loss") for r in rows["part"]] == [r.get("train_loss") for r in rows["full"]]
+    if strategy == "scaffold":  # c_i of clients sampled before the resume are read back, not restarted at zero
+        sampled = [set(r["sampled"]) for r in rows["full"][1:]]
+        assert sampled[2] & (sampled[0] | sampled[1]), "round 3 must re-sample a client of rounds 1-2"
+        newest: dict[int, dict[str, torch.Tensor]] = {}  # c = (1/N) sum of every client's newest c_i, after resume
+        for r in (1, 2, 3):
+            for f in (tmp_path / "part" / f"round_{r:04d}" / "clients").glob("*.safetensors"):
+                newest[int(f.stem)] = load_file(str(f))
+        state = load_file(str(tmp_path / "part" / "round_0003" / "state" / "strategy.safetensors"))
+        for k in [k[2:] for k in state if k.startswith("c.")]:
+            mean = sum(ci[k].to(torch.float64) for ci in newest.values()) / 4
+            torch.testing.assert_close(state[f"c.{k}"].to(torch.float64), mean, rtol=1e-5, atol=1e-6)
 
 
 def test_refuses_non_empty_out_and_foreign_resume(micro_model_dir: Path, small_data_file: Path, tmp_path: Path) -> None:

@@ -45,11 +45,6 @@ class FedAdagrad(FedOpt):
     def moments(self) -> tuple[str, ...]:  # type: ignore[override]
         return ("m", "v") if self.cfg.beta1 > 0 else ("v",)
 
-    def initial_moment(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        if name == "v":
-            return torch.full_like(like, self.cfg.v_init, dtype=torch.float32)
-        return super().initial_moment(name, like)
-
     def step(self, key: str, delta: torch.Tensor, state: State, t: int) -> tuple[torch.Tensor, State]:
         c = self.cfg
         entries: State = {}

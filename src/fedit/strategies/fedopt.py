@@ -27,6 +27,9 @@ class FedOpt(Strategy):
     moments: tuple[str, ...] = ()
 
     def initial_moment(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """A moment's start: zeros, except `v` where the settings have a `v_init` (FedAdagrad, FedYogi: v_0)."""
+        if name == "v" and hasattr(self.cfg, "v_init"):
+            return torch.full_like(like, self.cfg.v_init, dtype=torch.float32)
         return torch.zeros_like(like, dtype=torch.float32)
 
     def init_state(self, params: Params, num_clients: int) -> State:

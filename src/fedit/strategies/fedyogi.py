@@ -51,11 +51,6 @@ class FedYogiConfig:
 class FedYogi(FedOpt):
     moments = ("m", "v")
 
-    def initial_moment(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        if name == "v":
-            return torch.full_like(like, self.cfg.v_init, dtype=torch.float32)
-        return super().initial_moment(name, like)
-
     def step(self, key: str, delta: torch.Tensor, state: State, t: int) -> tuple[torch.Tensor, State]:
         c = self.cfg
         m = c.beta1 * state[f"m.{key}"] + (1 - c.beta1) * delta

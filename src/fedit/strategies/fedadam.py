@@ -44,7 +44,4 @@ class FedAdam(FedOpt):
         c = self.cfg
         m = c.beta1 * state[f"m.{key}"] + (1 - c.beta1) * delta
         v = c.beta2 * state[f"v.{key}"] + (1 - c.beta2) * delta * delta
-        m_hat, v_hat = m, v
-        if c.bias_correction:
-            m_hat, v_hat = m / (1 - c.beta1 ** t), v / (1 - c.beta2 ** t)
-        return c.server_lr * m_hat / (v_hat.sqrt() + c.tau), {f"m.{key}": m, f"v.{key}": v}
+        return self.adaptive_step(m, v, t), {f"m.{key}": m, f"v.{key}": v}

@@ -39,6 +39,13 @@ class FedOpt(Strategy):
                 state[f"{name}.{k}"] = self.initial_moment(name, params[k])
         return state
 
+    def adaptive_step(self, m: torch.Tensor, v: torch.Tensor, t: int) -> torch.Tensor:
+        """FedAdam's and FedYogi's step eta * m_hat / (sqrt(v_hat) + tau), bias-corrected by 1 - beta^t if asked."""
+        c = self.cfg
+        if c.bias_correction:
+            m, v = m / (1 - c.beta1 ** t), v / (1 - c.beta2 ** t)
+        return c.server_lr * m / (v.sqrt() + c.tau)
+
     def step(self, key: str, delta: torch.Tensor, state: State, t: int) -> tuple[torch.Tensor, State]:
         """(step to add to the global tensor, new state entries) for one tensor; `delta` is float32."""
         raise NotImplementedError

@@ -57,7 +57,4 @@ class FedYogi(FedOpt):
         d2 = delta * delta
         v_prev = state[f"v.{key}"]
         v = v_prev - (1 - c.beta2) * d2 * torch.sign(v_prev - d2)
-        m_hat, v_hat = m, v
-        if c.bias_correction:
-            m_hat, v_hat = m / (1 - c.beta1 ** t), v / (1 - c.beta2 ** t)
-        return c.server_lr * m_hat / (v_hat.sqrt() + c.tau), {f"m.{key}": m, f"v.{key}": v}
+        return self.adaptive_step(m, v, t), {f"m.{key}": m, f"v.{key}": v}

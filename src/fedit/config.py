@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import sys
@@ -127,7 +128,7 @@ class RunConfig:
 
 
 # Settings a resumed run may change: they decide how long the run goes on, what is evaluated, where and on what
-# engine it runs, and which faults are injected, never what a finished round computed.
+# engine it runs, which faults are injected and which trackers log it, never what a finished round computed.
 RESUMABLE = frozenset({"run.rounds", "run.eval_every", "run.eval_limit", "run.eval_generate", "run.max_new_tokens",
                        "run.out", "run.engine", "run.nodes", "run.faults"})
 
@@ -176,22 +177,26 @@ class Config:
             raise ConfigError(f"{where}: invalid TOML: nested too deeply") from None
         return cls.from_dict(data, where=where)
 
-    def override(self, dotted: dict[str, Any]) -> Config:
-        """A copy with `section.key` values replaced (CLI flags); None values are ignored. Strategy settings are
-        `strategy.<name>.key`, or `strategy.key` for the selected strategy's."""
+    def override(self, dotted: dict[str, Any], where: str = "command line") -> Config:
+        """A copy with `section.key` values replaced (CLI flags, `--set`, Flower's run config); None values are
+        ignored (use `UNSET` to clear an optional setting). Strategy settings are `strategy.<name>.key`, or
+        `strategy.key` for the selected strategy's. An unknown key fails naming the closest known ones."""
         data = self.to_dict(keep_none=True)
         selected: dict[str, Any] = {}  # `strategy.KEY`: a setting of whichever strategy ends up selected
         for key, value in dotted.items():
             if value is None:
                 continue
+            if value is UNSET:
+                value = None
             section, _, name = key.partition(".")
             table, _, sub = name.partition(".")
             if section == "strategy" and sub:
+                check_key(key)
                 data["strategy"].setdefault(table, {})[sub] = value
             elif section == "strategy" and name != "name":
                 selected[name] = value
             elif section not in data or name not in data[section]:
-                raise ConfigError(f"unknown setting {key!r}")
+                check_key(key)
             else:
                 data[section][name] = value
         if selected:
@@ -205,7 +210,7 @@ class Config:
                         raise ConfigError(f"strategy.{name}: strategy {chosen!r} has no setting {name!r}; its "
                                           f"settings: {', '.join(sorted(known)) or '(none)'}")
                     data["strategy"].setdefault(chosen, {})[name] = value
-        return Config.from_dict(data, where="command line")
+        return Config.from_dict(data, where=where)
 
     def differences(self, other: Config) -> list[tuple[str, Any, Any]]:
         """(dotted key, this value, other's value) for every setting where the two differ."""
@@ -305,6 +310,106 @@ class Config:
                                   " (it would never fire)")
 
 
+class _Unset:
+    """`UNSET`: an override that clears an optional setting (`--set run.eval_limit=none`); None means "not given"."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+def setting_types() -> dict[str, Any]:
+    """Every settable key and its declared type: `section.key`, `strategy.name`, and `strategy.<name>.<key>` for
+    each registered strategy (its own settings dataclass). The one schema `--set`, `fedit config` and the Flower
+    app's run config are typed by."""
+    from fedit.strategies import STRATEGIES
+
+    out: dict[str, Any] = {}
+    for section in fields(Config):
+        if section.name == "strategy":
+            out["strategy.name"] = str
+            for name in STRATEGIES.names():
+                cls = STRATEGIES.get(name).config_class
+                out.update({f"strategy.{name}.{k}": tp for k, tp in get_type_hints(cls).items()})
+            continue
+        hints = get_type_hints(get_type_hints(Config)[section.name])
+        out.update({f"{section.name}.{k}": tp for k, tp in hints.items()})
+    return out
+
+
+def check_key(key: str) -> Any:
+    """The declared type of setting `key`; an unknown key fails naming the closest known ones."""
+    types = setting_types()
+    if key in types:
+        return types[key]
+    known = sorted(types)
+    near = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    last = key.rpartition(".")[2]
+    near += [k for k in known if k.rpartition(".")[2] == last and k not in near]  # `lr` -> client.lr
+    if not near:
+        near = [k for k in known if k.startswith(key.partition(".")[0] + ".")][:8]
+    sections = ", ".join(f.name for f in fields(Config))
+    hint = f"; did you mean {', '.join(near[:5])}?" if near else f"; keys are SECTION.KEY, sections: {sections}"
+    raise ConfigError(f"unknown setting {key!r}{hint} (`fedit config init` lists every setting)")
+
+
+def parse_setting(key: str, text: str) -> Any:
+    """The value of `--set KEY=TEXT`, typed by the schema: numbers and booleans as TOML spells them, strings as
+    written, lists comma-separated (or a TOML array), tables `k=v,k2=v2` (or a TOML inline table), and `none` for
+    an optional setting unset. Type errors name the key and what it expects."""
+    section, _, name = key.partition(".")
+    if section == "strategy" and name and "." not in name and name != "name":  # the selected strategy's setting:
+        return _toml_scalar(text.strip())  # typed by Config.override once the strategy is known
+    tp = check_key(key)
+    args = get_args(tp)
+    if type(None) in args:
+        if text.strip().lower() in ("none", "null"):
+            return UNSET
+        tp = next(a for a in args if a is not type(None))
+    elif text.strip().lower() in ("none", "null") and tp is not str:
+        raise ConfigError(f"--set {key}: this setting must be set (it cannot be none)")
+    origin = get_origin(tp)
+    value: Any = text
+    if origin is list:
+        value = _toml_scalar(text) if text.strip().startswith("[") else [v.strip() for v in text.split(",")
+                                                                           if v.strip()]
+    elif origin is dict:
+        if text.strip().startswith("{"):
+            value = _toml_scalar(text)
+        else:
+            value = {}
+            for item in filter(None, (t.strip() for t in text.split(","))):
+                k, eq, v = item.partition("=")
+                if not eq or not k.strip():
+                    raise ConfigError(f"--set {key}: expected KEY=VALUE pairs separated by commas, got {text!r}")
+                value[k.strip()] = v.strip()
+    elif tp is bool:
+        low = text.strip().lower()
+        value = {"true": True, "false": False}.get(low, text)
+    elif tp in (int, float):
+        value = _toml_scalar(text.strip())
+    return _coerce(value, tp, key, "--set")
+
+
+def parse_assignment(text: str, option: str = "--set") -> tuple[str, Any]:
+    """`section.key=value` -> (key, typed value)."""
+    key, eq, value = text.partition("=")
+    key = key.strip()
+    if not eq or not key:
+        raise ConfigError(f"{option}: expected SECTION.KEY=VALUE (e.g. {option} client.lr=0.001), got {text!r}")
+    return key, parse_setting(key, value)
+
+
+def _toml_scalar(text: str) -> Any:
+    """TEXT as TOML types it (0.5 a float, 3 an int, [..] an array), or TEXT itself when it is not a TOML value."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
 def _build(cls: type, data: Any, where: str, prefix: str = "") -> Any:
     """Build dataclass `cls` from a dict, checking unknown keys and value types, naming the offending key."""
     if not isinstance(data, dict):
@@ -313,7 +418,10 @@ def _build(cls: type, data: Any, where: str, prefix: str = "") -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown setting {prefix}{unknown[0]!r}; known in this section: {sorted(known)}")
+        near = difflib.get_close_matches(unknown[0], sorted(known), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(prefix + n for n in near)}? " if near else ""
+        raise ConfigError(f"{where}: unknown setting {prefix}{unknown[0]!r}; {hint}known in this section: "
+                          f"{sorted(known)}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         tp = hints[name]

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from fedit.cli.common import RichReporter, config_table, console, one_of, parse_kv, print_invalid, user_errors
-from fedit.config import RESUMABLE, Config
+from fedit.config import RESUMABLE, Config, _toml_scalar, parse_assignment
 from fedit.errors import ConfigError
 
 # `fedit run` option name -> config key; `fedit experiment` takes the same options through this one map.
@@ -29,7 +29,7 @@ RUN_OPTION_KEYS: dict[str, str] = {
     "weight_decay": "client.weight_decay", "max_grad_norm": "client.max_grad_norm",
     "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout", "lora_targets": "lora.targets",
     "strategy": "strategy.name", "server_lr": "strategy.server_lr", "mu": "strategy.mu",
-    "strategy_opt": "strategy.*",
+    "strategy_opt": "strategy.*", "set_": "*",
 }
 NOT_CONFIG = {"config", "out", "overwrite", "resume"}  # handled by the command itself
 
@@ -45,23 +45,18 @@ def run_overrides(options: dict[str, Any]) -> dict[str, Any]:
             value = value.split(",")
         elif name == "fault":
             value = list(value) if value else None
-        elif name == "strategy_opt":
+        elif name in ("strategy_opt", "set_"):
             continue
         out[key] = value
     for key, text in parse_kv(options.get("strategy_opt"), "--strategy-opt").items():
-        out[f"strategy.{key}"] = toml_value(text)  # a setting of the selected strategy, typed as TOML types it
+        out[f"strategy.{key}"] = _toml_scalar(text)  # a setting of the selected strategy, typed as TOML types it
+    for assignment in options.get("set_") or []:
+        key, value = parse_assignment(assignment)
+        if out.get(key) is not None and out[key] != value:
+            flag = next((f"--{o.replace('_', '-')}" for o, k in RUN_OPTION_KEYS.items() if k == key), "another flag")
+            raise ConfigError(f"--set {assignment}: {key} is also given by {flag} ({out[key]!r}); give it once")
+        out[key] = value
     return out
-
-
-def toml_value(text: str) -> Any:
-    """A command-line value as TOML would type it (0.5 a float, 3 an int, true a bool), else the text itself."""
-    from fedit.config import tomllib
-
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
 
 
 

@@ -23,7 +23,8 @@ app.command("partition")(partition_command)
 app.add_typer(data_cli.app, name="data")
 
 # Command groups that live in their own modules; each registers itself on `app` with `register(app)`.
-for _mod in ("fedit.cli.evaluate", "fedit.cli.serve", "fedit.cli.flower", "fedit.cli.bench", "fedit.cli.config"):
+for _mod in ("fedit.cli.evaluate", "fedit.cli.serve", "fedit.cli.flower", "fedit.cli.bench", "fedit.cli.config",
+             "fedit.cli.env"):
     try:
         importlib.import_module(_mod).register(app)
     except ModuleNotFoundError as e:  # a module not written yet, never a missing dependency of one that exists

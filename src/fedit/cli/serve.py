@@ -182,22 +182,54 @@ def ui_command(
 @user_errors
 def export_command(
     adapter: str = typer.Option(..., "--adapter", "-a", help="A run directory, round directory or adapter directory."),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for the merged model."),
+    out: Path = typer.Option(None, "--out", "-o", help="Directory for the merged model (not with --check-vllm)."),
     model: str = typer.Option(None, help="Base model override."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16 (weights are merged in float32)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+    check_vllm: bool = typer.Option(False, "--check-vllm", help="Merge nothing: check that vLLM's --enable-lora "
+                                    "server loads the adapter as it is, and print the `vllm serve` command."),
 ) -> None:
-    """Merge the LoRA adapter into its base and save a full model + tokenizer (AutoModelForCausalLM loads it)."""
+    """Merge the LoRA adapter into its base and save a full model + tokenizer (AutoModelForCausalLM loads it).
+
+    With --check-vllm, check the adapter against vLLM's LoRA loading rules instead (no model is loaded): print the
+    `vllm serve` command, or each problem on one line and exit 2."""
+    from fedit.errors import ConfigError
     from fedit.model.load import quiet_transformers
     from fedit.serve.export import export_merged
     from fedit.serve.session import resolve_adapter
 
+    if check_vllm and out is not None:
+        raise ConfigError("--check-vllm checks the adapter and writes nothing; run it without --out (and export "
+                          "with --out separately)")
+    if not check_vllm and out is None:
+        raise ConfigError("--out: required, the directory for the merged model (or pass --check-vllm)")
     quiet_transformers()
     source = resolve_adapter(adapter, model=model)
+    if check_vllm:
+        _check_vllm(source)
+        return
     with console.status(f"merging {source.path} into {source.base}…"):
         path = export_merged(source, out, dtype=dtype, overwrite=overwrite)
     console.print(f"merged model written to {path} (base {source.base}, round "
                   f"{source.round if source.round is not None else '?'})", highlight=False, soft_wrap=True)
+
+
+def _check_vllm(source: Any) -> None:
+    """`fedit export --check-vllm`: warnings and errors one per line on stderr; the command on stdout, or exit 2."""
+    from rich.markup import escape
+
+    from fedit.model.lora import read_adapter_config
+    from fedit.serve.vllm import adapter_rank, check_vllm, errors, required_max_lora_rank, serve_command
+
+    problems = check_vllm(source.path, base=source.base)
+    for p in problems:
+        colour = "red" if p.level == "error" else "yellow"
+        err_console.print(f"[bold {colour}]{p.level}:[/] {escape(str(p).split(': ', 1)[1])}", highlight=False)
+    if errors(problems):
+        raise typer.Exit(2)
+    rank = required_max_lora_rank(adapter_rank(read_adapter_config(source.path))) or 1
+    console.print(f"ok: serve with `{serve_command(source.base, source.name, source.path, rank)}`",
+                  highlight=False, markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,8 @@ from fedit.serve.session import AdapterSource
 
 
 def export_merged(source: AdapterSource, out: str | Path, dtype: str = "float32", overwrite: bool = False) -> Path:
-    """Write `out/` with config.json, model.safetensors, the tokenizer (chat template included) and fedit_export.json.
+    """Write `out/` with config.json, model.safetensors, the tokenizer (chat template included), fedit_export.json
+    and README.md (its model card).
 
     Merging happens in float32 on the CPU (exact W + scale * B @ A), then the weights are cast to `dtype`. A base
     delta saved beside the adapter (fedex runs) is added to the base first: W0 + delta + scale * B @ A.
@@ -22,6 +23,7 @@ def export_merged(source: AdapterSource, out: str | Path, dtype: str = "float32"
 
     from fedit.config import ModelConfig
     from fedit.model.base_delta import apply_saved_base_delta
+    from fedit.model.card import write_merged_card
     from fedit.model.load import load_base, pick_dtype
 
     if source.path is None:
@@ -44,5 +46,6 @@ def export_merged(source: AdapterSource, out: str | Path, dtype: str = "float32"
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         write_json(tmp / "fedit_export.json", meta)
+        write_merged_card(tmp, source, meta, out.name)  # README.md, the model card (library_name transformers)
         write_marker(tmp, "export")
     return out

@@ -9,6 +9,7 @@
       ...
       metrics.jsonl          one object per round (rebuilt from round_*/metrics.json on resume)
       final/                 the last round's adapter
+    Every adapter directory (round_NNNN/adapter/, final/) has a README.md: its Hugging Face model card (model/card.py).
 A round directory is built under a temporary name, fsynced, and renamed when complete, so neither a kill nor a power
 loss leaves half a round. On resume an unreadable or non-finite latest round is moved aside (`round_NNNN.corrupt`)
 and the run continues from the round before it.
@@ -30,6 +31,7 @@ from fedit.atomic import OLD_PREFIX, TMP_PREFIX, append_line, fsync_dir, staged_
 from fedit.atomic import write_json as atomic_write_json
 from fedit.atomic import write_text as atomic_write_text
 from fedit.errors import CheckpointError
+from fedit.model.card import write_run_card
 from fedit.model.lora import load_adapter_params, save_adapter
 from fedit.outdir import check_output_dir, create_atomically, marker_kind, write_marker
 from fedit.strategies.base import State
@@ -157,6 +159,7 @@ class RunStore:
         with staged_dir(self.root / round_dir_name(r)) as tmp:
             (tmp / "state").mkdir()
             save_adapter(params, tmp / "adapter", peft_config, base_delta)
+            write_run_card(tmp / "adapter", self.root, "round", r, metrics)  # inside the round: never one without it
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "state" / "strategy.safetensors"))
             if client_state:
                 (tmp / CLIENTS).mkdir()
@@ -237,8 +240,20 @@ class RunStore:
         atomic_write_text(self.root / "metrics.jsonl", lines)
 
     def write_final(self, r: int) -> Path:
+        """final/: a copy of round `r`'s adapter, its model card saying it is the final one."""
         dst = self.root / "final"
         with staged_dir(dst) as tmp:
             shutil.copytree(self.root / round_dir_name(r) / "adapter", tmp, dirs_exist_ok=True)
+            write_run_card(tmp, self.root, "final", r, self._round_metrics(r))
         return dst
+
+    def write_final_card(self, r: int, evals: dict[str, Any]) -> None:
+        """final/README.md again (atomically), with the base-vs-final table of eval.json."""
+        write_run_card(self.root / "final", self.root, "final", r, self._round_metrics(r), evals)
+
+    def _round_metrics(self, r: int) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.root / round_dir_name(r) / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
 

@@ -270,11 +270,13 @@ def vllm_python() -> str | None:
     return os.environ.get("FEDIT_VLLM_PYTHON") or (sys.executable if importlib.util.find_spec("vllm") else None)
 
 
+NO_VLLM = ("vllm is not importable here and FEDIT_VLLM_PYTHON is unset (it wants its own torch: install it in a "
+           "separate venv and point FEDIT_VLLM_PYTHON at that venv's python)")
+
+
 def run_vllm(cases: list[dict]) -> dict[str, dict]:
     python = vllm_python()
-    if python is None:
-        pytest.skip("vllm is not importable here and FEDIT_VLLM_PYTHON is unset (it wants its own torch: "
-                    "install it in a separate venv and point FEDIT_VLLM_PYTHON at that venv's python)")
+    assert python is not None
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "VLLM_LOGGING_LEVEL": "ERROR", "HF_HUB_OFFLINE": "1"}
     res = subprocess.run([python, "-c", VLLM_SCRIPT], input=json.dumps(cases), capture_output=True, text=True,
                          env=env, timeout=300)
@@ -293,6 +295,7 @@ def payload_sums(adapter: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(vllm_python() is None, reason=NO_VLLM)
 def test_vllm_loads_what_check_vllm_passes_and_refuses_what_it_fails(runs: dict[str, Path], micro_model_dir: Path,
                                                                       tmp_path: Path) -> None:
     final = runs["fedavg"] / "final"

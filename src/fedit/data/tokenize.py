@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedit.data.lengths import LengthCounts
 from fedit.data.records import Record
 from fedit.data.templates import Template
 
@@ -25,6 +26,7 @@ class TokenizedData:
     input_ids: list[list[int]]
     labels: list[list[int]]
     categories: list[str | None]
+    counts: LengthCounts | None = None  # what the cutoff did to the records (tokenize_records fills it)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -55,6 +57,13 @@ def encode_record(
     record: Record, template: Template, tokenizer: Any, cutoff_len: int, train_on_inputs: bool, add_eos: bool
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels for one record; truncated to `cutoff_len` tokens (the end is cut, as in Alpaca/FedIT)."""
+    ids, labels = encode_full(record, template, tokenizer, train_on_inputs, add_eos)
+    return ids[:cutoff_len], labels[:cutoff_len]
+
+
+def encode_full(record: Record, template: Template, tokenizer: Any, train_on_inputs: bool,
+                add_eos: bool) -> tuple[list[int], list[int]]:
+    """Token ids and labels for one record before any cutoff."""
     ids: list[int] = bos_prefix(template, tokenizer)
     labels: list[int] = [IGNORE_INDEX] * len(ids)
     for text, trainable in template.segments(record):
@@ -63,7 +72,7 @@ def encode_record(
             seg = seg + [tokenizer.eos_token_id]
         ids.extend(seg)
         labels.extend(seg if (trainable or train_on_inputs) else [IGNORE_INDEX] * len(seg))
-    return ids[:cutoff_len], labels[:cutoff_len]
+    return ids, labels
 
 
 def tokenize_records(
@@ -74,15 +83,20 @@ def tokenize_records(
     train_on_inputs: bool = False,
     add_eos: bool = True,
 ) -> TokenizedData:
-    """Tokenize records; examples left with no trainable token after the cutoff are dropped."""
+    """Tokenize records; examples left with no trainable token after the cutoff are dropped. What the cutoff did
+    (examples kept whole, truncated, dropped; tokens kept) is counted in the result's `counts`."""
     ids_all, labels_all, cats = [], [], []
+    counts = LengthCounts()
     for r in records:
-        ids, labels = encode_record(r, template, tokenizer, cutoff_len, train_on_inputs, add_eos)
-        if any(t != IGNORE_INDEX for t in labels):
+        full_ids, full_labels = encode_full(r, template, tokenizer, train_on_inputs, add_eos)
+        ids, labels = full_ids[:cutoff_len], full_labels[:cutoff_len]
+        n_labels = sum(1 for t in labels if t != IGNORE_INDEX)
+        counts.add(len(full_ids), len(ids), n_labels, cutoff_len)
+        if n_labels:
             ids_all.append(ids)
             labels_all.append(labels)
             cats.append(r.category)
-    return TokenizedData(ids_all, labels_all, cats)
+    return TokenizedData(ids_all, labels_all, cats, counts)
 
 
 def batch_order(

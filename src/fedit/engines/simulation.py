@@ -7,6 +7,7 @@ from typing import Any
 
 from fedit.client.train import LocalTrainer, train_task
 from fedit.config import Config
+from fedit.data.lengths import LengthCounts, LengthReport
 from fedit.data.records import Record
 from fedit.data.templates import Template
 from fedit.data.tokenize import TokenizedData, tokenize_records
@@ -36,6 +37,12 @@ class ClientDataCache:
             self._cache[client_id] = tokenize_records(self.client_records[client_id], self.template, self.tokenizer,
                                                       d.cutoff_len, d.train_on_inputs, d.add_eos)
         return self._cache[client_id]
+
+    def length_report(self) -> LengthReport:
+        """Tokenizes every client now (each once, kept for training) and reports what data.cutoff_len did to each
+        client's examples (kept whole, truncated, dropped), so the run can warn before its first round."""
+        return LengthReport(self.cfg.data.cutoff_len,
+                            {str(c): self.get(c).counts or LengthCounts() for c in range(len(self))})
 
 
 class SimulationEngine:

@@ -5,6 +5,8 @@ CLI, then resumed to 3 rounds (the saved config keeps the trackers). Each sessio
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,3 +50,34 @@ def tracked_run(micro_model_dir: Path, small_data_file: Path, tmp_path_factory: 
     before, eval_before = read_rows(root), json.loads((root / "eval.json").read_text())
     cli("run", "--resume", str(root), "--rounds", "3")
     return TrackedRun(root, before, eval_before, read_rows(root), json.loads((root / "eval.json").read_text()))
+
+
+def accumulator(log_dir: Path) -> Any:
+    """TensorBoard's own reader over `log_dir`, keeping every event: a duplicate step cannot hide."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0}, purge_orphaned_data=False)
+    acc.Reload()
+    return acc
+
+
+def client_and_run(root: Path) -> tuple[Any, Any]:
+    """MlflowClient on the run's default store (<run>/mlruns) and the MLflow run named in tracking.json."""
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads its file store only when asked to
+    from mlflow.tracking import MlflowClient
+
+    state = json.loads((root / "tracking.json").read_text())["mlflow"]
+    client = MlflowClient(tracking_uri=(root / "mlruns").as_uri())
+    return client, client.get_run(state["run_id"])
+
+
+@pytest.fixture
+def read_tb() -> Callable[[Path], Any]:
+    pytest.importorskip("tensorboard")
+    return accumulator
+
+
+@pytest.fixture
+def read_mlflow() -> Callable[[Path], tuple[Any, Any]]:
+    pytest.importorskip("mlflow")
+    return client_and_run

@@ -14,21 +14,12 @@ from fedit.tracking.tags import final_scalars, round_scalars
 pytest.importorskip("tensorboard")
 
 
-def accumulator(log_dir: Path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    # purge_orphaned_data=False: every event ever written counts, so a duplicate step cannot hide
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0}, purge_orphaned_data=False)
-    acc.Reload()
-    return acc
-
-
 def f32(x: float) -> float:
     return float(np.float32(x))
 
 
-def test_event_scalars_equal_metrics_jsonl_round_by_round(tracked_run) -> None:
-    acc = accumulator(tracked_run.root / "tensorboard")
+def test_event_scalars_equal_metrics_jsonl_round_by_round(tracked_run, read_tb) -> None:
+    acc = read_tb(tracked_run.root / "tensorboard")
     rows = tracked_run.rows
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
     events = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
@@ -78,8 +69,8 @@ def accumulator_of_file(path: Path) -> list[int]:
                    if e.HasField("summary") and any(v.HasField("simple_value") for v in e.summary.value)})
 
 
-def test_config_is_logged_once_as_toml_text(tracked_run) -> None:
-    acc = accumulator(tracked_run.root / "tensorboard")
+def test_config_is_logged_once_as_toml_text(tracked_run, read_tb) -> None:
+    acc = read_tb(tracked_run.root / "tensorboard")
     texts = acc.Tensors("config/text_summary")
     assert [t.step for t in texts] == [0]  # the resume did not log it again
     text = texts[0].tensor_proto.string_val[0].decode()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from fedit.atomic import write_json
 from fedit.tracking.backends import is_local, local_path
@@ -31,6 +33,19 @@ def store_uri(tracking_uri: str | None, run_dir: Path) -> str:
     if tracking_uri is None:
         return (Path(run_dir).resolve() / "mlruns").as_uri()
     return local_path(tracking_uri).as_uri() if is_local(tracking_uri) else tracking_uri
+
+
+def probe(uri: str, timeout: float = 5.0) -> None:
+    """For an http(s) URI, one TCP connection to its server within `timeout` seconds, so a server that is down costs
+    seconds, not MLflow's own retries (minutes), before the tracker is dropped."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"cannot reach the MLflow server at {parsed.hostname}:{port} ({e})") from None
 
 
 def _read_state(run_dir: Path) -> dict[str, Any]:
@@ -58,6 +73,7 @@ class MlflowTracker:
         uri = store_uri(self.tracking_uri, run_dir)
         if uri.startswith("file:"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        probe(uri)
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)

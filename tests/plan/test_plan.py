@@ -166,3 +166,19 @@ def test_dry_run_cli_errors(micro_model_dir: Path, tmp_path: Path) -> None:
     assert "lora.targets" in run("--dry-run", "--model", str(micro_model_dir), "--lora-targets", "nope_proj")
     assert "run.clients_per_round" in run("--dry-run", "--model", str(micro_model_dir), "--clients-per-round", "11")
     assert not (tmp_path / "p.json").exists()
+
+
+def test_dry_run_of_a_resume_checks_it_and_touches_nothing(micro_model_dir: Path, small_data_file: Path,
+                                                           tmp_path: Path) -> None:
+    from fedit.errors import CheckpointError
+
+    out = tmp_path / "r"
+    cfg = micro_cfg(micro_model_dir, small_data_file, **{"run.out": str(out)})
+    cfg.client.local_steps = 2  # (a None local_steps is not written to config.toml, so resume would differ)
+    pipeline.run(cfg)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    plan = make_plan(cfg.override({"run.rounds": 2}), resume=out, timed_steps=0)
+    assert len(plan.sampled) == 2
+    with pytest.raises(CheckpointError, match="client.lr"):
+        make_plan(cfg.override({"client.lr": 0.5}), resume=out, timed_steps=0)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before

@@ -131,12 +131,12 @@ def make_plan(cfg: Config, *, resume: str | Path | None = None, overwrite: bool 
     if cfg.model.quantization and device.type != "cuda":
         raise ConfigError(f"model.quantization={cfg.model.quantization!r} needs a CUDA GPU (bitsandbytes); "
                           f"this run's device is {device}")
-    tokenizer = load_tokenizer(cfg.model.name)
-    template = get_template(cfg.data.template, tokenizer)
-    phase("tokenizer")
     shape = model_shape(cfg, pick_dtype(cfg.model.dtype, device))
     strategy.bind_model(shape.facts)
     phase("model config")
+    tokenizer = load_tokenizer(cfg.model.name)
+    template = get_template(cfg.data.template, tokenizer)
+    phase("tokenizer")
     tokenized = _tokenize(cfg, data.client_records, template, tokenizer)
     phase("tokenize")
     lengths = LengthReport(cfg.data.cutoff_len, {str(c): t.counts or LengthCounts() for c, t in enumerate(tokenized)})

@@ -48,7 +48,11 @@ def test_app_dir_carries_the_config_and_builds_with_flwr(tmp_path: Path) -> None
     flwr_app = doc["tool"]["flwr"]["app"]
     assert flwr_app["components"] == {"serverapp": SERVER_APP, "clientapp": CLIENT_APP}
     assert flwr_app["config"]["num-clients"] == 8 and flwr_app["config"]["round-timeout"] == 30.0
-    assert config_from_run_config(flwr_app["config"]).to_dict() == cfg.to_dict()
+    assert flwr_app["config"]["run"]["rounds"] == 5 and flwr_app["config"]["lora"]["r"] == 4
+    assert "fedit-config" not in flwr_app["config"]
+    from flwr.common.config import flatten_dict  # the run config the apps get, as Flower makes it
+
+    assert config_from_run_config(flatten_dict(flwr_app["config"])).to_dict() == cfg.to_dict()
     with pytest.raises(ValueError, match="unknown Flower run-config"):
         write_app(tmp_path / "bad", cfg, {"rounds": 3})
     env = dict(os.environ) | FLOWER_ENV | {"FLWR_HOME": str(tmp_path / "home")}

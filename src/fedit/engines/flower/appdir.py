@@ -8,7 +8,7 @@ from typing import Any
 import tomli_w
 
 from fedit import __version__
-from fedit.config import Config
+from fedit.config import Config, flat_settings
 from fedit.engines.flower.protocol import RUN_CONFIG_DEFAULTS
 
 SERVER_APP = "fedit.engines.flower.server_app:app"
@@ -22,19 +22,37 @@ Both come from the installed `fedit[flower]` package, so every host needs it ins
 
     flwr run . <connection> --stream          # connection: a [superlink.<name>] table in $FLWR_HOME/config.toml
 
-Run settings live under [tool.flwr.app.config]; override any with `flwr run --run-config 'round-timeout=600'`.
-See docs/deployment.md in the fedit repository.
+[tool.flwr.app.config] in pyproject.toml holds every setting of the run; override any of them for one run with
+`flwr run . <connection> --run-config "KEY=VALUE KEY=VALUE"` (TOML values: strings in quotes):
+
+- fedit's settings, by their dotted keys: `run.rounds=5`, `client.lr=0.001`, `lora.r=8`,
+  `strategy.name='fedadam'`, `strategy.fedadam.tau=0.01` (every strategy's keys are there; only the selected
+  strategy's are used). Lists and tables are strings: `lora.targets='q_proj,v_proj'`,
+  `data.fields='instruction=question,response=answer'`; an optional setting is unset with `'none'`
+  (`run.eval_limit='none'`).
+- the Flower-side settings (no dot): `out`, `resume`, `overwrite`, `num-clients`, `min-nodes`,
+  `discovery-timeout`, `round-timeout`, `round-grace`, `round-retries`, `poll-interval`.
+
+Flower refuses a key the app does not have; fedit checks every value (a bad one fails the run with a message naming
+its key, in the ServerApp's log). A resumed run (`resume=true`) may change only what `fedit run --resume` may
+change. See docs/deployment.md in the fedit repository.
 """
 
-
 def app_pyproject(cfg: Config, settings: dict[str, Any] | None = None, name: str = "fedit-run") -> dict[str, Any]:
-    """The pyproject.toml content; `settings` override RUN_CONFIG_DEFAULTS (fedit-config is always the config)."""
-    run_config = dict(RUN_CONFIG_DEFAULTS)
+    """The pyproject.toml content: [tool.flwr.app.config] holds the Flower-side settings (`settings` over
+    RUN_CONFIG_DEFAULTS) and every fedit setting of `cfg` under its dotted key, as nested tables (`[...config.run]
+    rounds = 16`), which Flower flattens back to `run.rounds`."""
+    run_config: dict[str, Any] = dict(RUN_CONFIG_DEFAULTS)
     run_config.update(settings or {})
     unknown = sorted(set(run_config) - set(RUN_CONFIG_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown Flower run-config keys {unknown}")
-    run_config["fedit-config"] = cfg.to_toml()
+    for key, value in flat_settings(cfg).items():
+        *tables, last = key.split(".")
+        node = run_config
+        for t in tables:
+            node = node.setdefault(t, {})
+        node[last] = value
     return {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
         "project": {

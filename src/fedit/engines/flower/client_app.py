@@ -53,11 +53,13 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _train_on_worker(msg: Message, context: Context, deadline: float) -> RecordDict:
+    from fedit.engines.flower.protocol import fedit_settings
     from fedit.engines.flower.worker import request
 
     node_config = dict(context.node_config)
     header, buffers = raw_tasks(msg.content)
-    header |= {"op": "train", "config": str(context.run_config.get("fedit-config", "")), "node_config": node_config}
+    # the run config's fedit keys as they came: the worker resolves them (this process never imports torch)
+    header |= {"op": "train", "run_config": fedit_settings(context.run_config), "node_config": node_config}
     reply, out = request(str(node_config["worker"]), header, buffers, deadline=deadline)
     if "error" in reply:
         raise RuntimeError(f"node worker: {reply['error']}")

@@ -20,6 +20,7 @@ What a node does wrong costs that node's clients for the round, never the run:
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -35,7 +36,7 @@ from fedit.engines.base import ClientProgress, RoundOutcome
 from fedit.engines.flower.protocol import config_from_run_config, run_setting
 from fedit.engines.flower.records import put_tasks
 from fedit.engines.flower.replies import hosted_clients, read_reply, short
-from fedit.errors import ClientError, ConfigError
+from fedit.errors import ClientError, ConfigError, FeditError
 from fedit.strategies.base import RoundContext
 from fedit.types import ClientTask, ClientUpdate, Params
 
@@ -415,12 +416,22 @@ def main(grid: Grid, context: Context) -> None:
     try:
         serve(grid, rc)
     except BaseException as e:
-        reason = str(e) if isinstance(e, (ClientError, ConfigError)) else traceback.format_exc()
+        reason = str(e) if isinstance(e, FeditError) else traceback.format_exc()
         _log(f"run failed: {reason}")
+        if isinstance(e, FeditError):  # the one line above says it all: Flower logs it without the traceback
+            logging.getLogger("flwr").addFilter(_without_traceback)
         if error_file:
             Path(error_file).parent.mkdir(parents=True, exist_ok=True)
             Path(error_file).write_text(f"{type(e).__name__}: {e}" if isinstance(e, Exception) else str(e))
         raise
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """A logging filter: Flower's record of a fedit error (bad run config, refused resume, too few clients) keeps
+    its message and loses the traceback (fedit errors, as on the CLI, are shown as one line)."""
+    if record.exc_info and isinstance(record.exc_info[1], FeditError):
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def serve(grid: Grid, rc: Any) -> None:

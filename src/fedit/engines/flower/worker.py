@@ -174,12 +174,12 @@ def decode_tasks(header: dict[str, Any], buffers: list[bytes]) -> tuple[dict[int
 
 def handle(header: dict[str, Any], buffers: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
     """Train the requested clients; one client's failure is reported, never raised."""
-    from fedit.config import Config
     from fedit.engines.flower.node import train_clients
+    from fedit.engines.flower.protocol import config_from_run_config
 
     if header.get("op") != "train":
         raise ValueError(f"unknown request {header.get('op')!r}")
-    cfg = Config.from_toml(header["config"], where="fedit-config (node worker request)")
+    cfg = config_from_run_config(header["run_config"])  # the run config's fedit keys, as the ClientApp got them
     tasks, base_delta = decode_tasks(header, buffers)
     report = train_clients(cfg, header["node_config"], int(header["round"]), tasks, base_delta,
                            str(header.get("run_id", "")), float(header["deadline"]))

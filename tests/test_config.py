@@ -83,3 +83,16 @@ def test_strategy_tables_legacy_keys_and_strategy_opt(tmp_path: Path) -> None:
         Config().override(run_overrides({"strategy": "fedadam", "strategy_opt": ["bias_correction=maybe"]}))
     a, b = Config(), Config().override({"strategy.name": "fedadam", "strategy.fedadam.tau": 0.01})
     assert ("strategy.fedadam.tau", None, 0.01) in a.differences(b)
+
+
+def test_an_unset_setting_that_defaults_to_a_value_survives_the_saved_toml() -> None:
+    """`--local-epochs` unsets client.local_steps (default 20); the saved config.toml must read back unset, or a
+    resumed run would train 20 steps instead of the epochs it started with."""
+    cfg = Config().override({"client.local_epochs": 2.0})
+    cfg.client.local_steps = None
+    text = cfg.to_toml()
+    assert 'local_steps = "none"' in text
+    back = Config.from_toml(text)
+    assert (back.client.local_steps, back.client.local_epochs) == (None, 2.0)
+    assert back.differences(cfg) == []
+    assert "eval_limit" not in Config().to_toml()  # unset by default: simply left out, as before

@@ -125,12 +125,17 @@ class RunConfig:
     # it; set it where the server never sees the data, Flower's data.source = "nodes")
     max_client_examples: int | None = None
     faults: list[str] = field(default_factory=list)  # fault injection for testing (fedit.faults), e.g. "nan@2:1"
+    # experiment tracking (fedit.tracking): none | tensorboard | mlflow | a comma list, e.g. "tensorboard,mlflow"
+    report_to: str = "none"
+    # MLflow tracking URI (None: a file store in <run>/mlruns); with TensorBoard alone, its event directory (None:
+    # <run>/tensorboard)
+    tracking_uri: str | None = None
 
 
 # Settings a resumed run may change: they decide how long the run goes on, what is evaluated, where and on what
 # engine it runs, which faults are injected and which trackers log it, never what a finished round computed.
 RESUMABLE = frozenset({"run.rounds", "run.eval_every", "run.eval_limit", "run.eval_generate", "run.max_new_tokens",
-                       "run.out", "run.engine", "run.nodes", "run.faults"})
+                       "run.out", "run.engine", "run.nodes", "run.faults", "run.report_to", "run.tracking_uri"})
 
 
 @dataclass
@@ -221,8 +226,12 @@ class Config:
         d = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self) if f.name != "strategy"}
         d["strategy"] = self.strategy.to_dict()
         d = {f.name: d[f.name] for f in fields(self)}
-        if not keep_none:
-            d = {s: {k: v for k, v in sec.items() if v is not None} for s, sec in d.items()}
+        if not keep_none:  # TOML has no null: an unset setting is left out, or written "none" where it is set by
+            # default (client.local_steps under --local-epochs), so that reading the file back gives it unset again
+            set_by_default = {(f.name, g.name) for f in fields(self) if f.name != "strategy"
+                              for g in fields(getattr(self, f.name)) if g.default is not None}
+            d = {s: {k: ("none" if (s, k) in set_by_default else v) if v is None else v for k, v in sec.items()
+                     if v is not None or (s, k) in set_by_default} for s, sec in d.items()}
         return d
 
     def to_toml(self) -> str:
@@ -304,6 +313,9 @@ class Config:
             if value not in known and not (auto and value == "auto"):
                 choices = (["auto"] if auto else []) + known
                 raise ConfigError(f"{key}: got {value!r}, expected one of: {', '.join(choices)}")
+        from fedit.tracking.backends import check_tracking
+
+        check_tracking(self.run.report_to, self.run.tracking_uri)
         for f in parse_faults(self.run.faults, "run.faults"):
             if f.round is not None and f.round > self.run.rounds:
                 raise ConfigError(f"run.faults: {f.spec!r} names round {f.round}, but run.rounds is {self.run.rounds}"
@@ -355,7 +367,7 @@ def check_key(key: str) -> Any:
     raise ConfigError(f"unknown setting {key!r}{hint} (`fedit config init` lists every setting)")
 
 
-def parse_setting(key: str, text: str) -> Any:
+def parse_setting(key: str, text: str, where: str = "--set") -> Any:
     """The value of `--set KEY=TEXT`, typed by the schema: numbers and booleans as TOML spells them, strings as
     written, lists comma-separated (or a TOML array), tables `k=v,k2=v2` (or a TOML inline table), and `none` for
     an optional setting unset. Type errors name the key and what it expects."""
@@ -369,7 +381,7 @@ def parse_setting(key: str, text: str) -> Any:
             return UNSET
         tp = next(a for a in args if a is not type(None))
     elif text.strip().lower() in ("none", "null") and tp is not str:
-        raise ConfigError(f"--set {key}: this setting must be set (it cannot be none)")
+        raise ConfigError(f"{where}: {key}: this setting must be set (it cannot be none)")
     origin = get_origin(tp)
     value: Any = text
     if origin is list:
@@ -383,14 +395,14 @@ def parse_setting(key: str, text: str) -> Any:
             for item in filter(None, (t.strip() for t in text.split(","))):
                 k, eq, v = item.partition("=")
                 if not eq or not k.strip():
-                    raise ConfigError(f"--set {key}: expected KEY=VALUE pairs separated by commas, got {text!r}")
+                    raise ConfigError(f"{where}: {key}: expected KEY=VALUE pairs separated by commas, got {text!r}")
                 value[k.strip()] = v.strip()
     elif tp is bool:
         low = text.strip().lower()
         value = {"true": True, "false": False}.get(low, text)
     elif tp in (int, float):
         value = _toml_scalar(text.strip())
-    return _coerce(value, tp, key, "--set")
+    return _coerce(value, tp, key, where)
 
 
 def parse_assignment(text: str, option: str = "--set") -> tuple[str, Any]:
@@ -400,6 +412,45 @@ def parse_assignment(text: str, option: str = "--set") -> tuple[str, Any]:
     if not eq or not key:
         raise ConfigError(f"{option}: expected SECTION.KEY=VALUE (e.g. {option} client.lr=0.001), got {text!r}")
     return key, parse_setting(key, value)
+
+
+def flat_settings(cfg: Config) -> dict[str, bool | int | float | str]:
+    """Every key of `setting_types()` -> its value in `cfg` as a bool, int, float or str (what a Flower run config
+    holds): the inverse of `parse_setting`, exactly (`parse_setting(key, text)` gives each str back). An unset
+    optional setting is "none", a list "a,b", a table "k=v,k2=v2" (a TOML array / inline table where an item would
+    not survive that form). Strategy keys cover every registered strategy (its defaults where `cfg` has no table);
+    `cfg` is not changed."""
+    from fedit.strategies import STRATEGIES
+
+    def quoted(s: str) -> str:
+        return tomli_w.dumps({"s": s})[4:].rstrip("\n")
+
+    out: dict[str, bool | int | float | str] = {}
+    for key in setting_types():
+        section, _, name = key.partition(".")
+        if section == "strategy" and name != "name":
+            strategy, _, sub = name.partition(".")
+            tables = cfg.strategy.tables
+            value = getattr(tables[strategy] if strategy in tables else STRATEGIES.get(strategy).config_class(), sub)
+        else:
+            value = getattr(getattr(cfg, section), name)
+        if value is None:
+            value = "none"
+        elif isinstance(value, list):
+            text = ",".join(value)
+            plain = all(v and v == v.strip() and "," not in v for v in value)
+            if not plain or text.startswith("[") or text.lower() in ("none", "null"):
+                text = "[" + ", ".join(quoted(v) for v in value) + "]"
+            value = text
+        elif isinstance(value, dict):
+            text = ",".join(f"{k}={v}" for k, v in value.items())
+            plain = all(k and k == k.strip() and not set(",=") & set(k) and v == v.strip() and "," not in v
+                        for k, v in value.items())
+            if not plain or text.startswith("{"):
+                text = "{" + ", ".join(f"{quoted(k)} = {quoted(v)}" for k, v in value.items()) + "}"
+            value = text
+        out[key] = value
+    return out
 
 
 def _toml_scalar(text: str) -> Any:
@@ -488,6 +539,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             return None
         raise ConfigError(f"{where}: {key} must be set (got nothing)")
     if args and type(None) in args:  # Optional[X]
+        if isinstance(value, str) and value.strip().lower() == "none":  # how to_toml writes an unset setting
+            return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key, where)
     if origin is list:

@@ -28,6 +28,7 @@ from fedit.server.checkpoint import RunStore
 from fedit.server.rounds import Reporter, run_rounds
 from fedit.server.sampling import check_run_shape
 from fedit.strategies import build_strategy
+from fedit.tracking import TrackingSession, check_installed
 from fedit.types import Params, RunResult
 
 
@@ -249,6 +250,7 @@ def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = Fals
     directory is locked against a second process for as long as the run goes on.
     """
     cfg.validate()  # every name and range, before any data is read or any model loaded
+    check_installed(cfg.run.report_to)  # a tracker's missing library, named with its extra, before any work
     log = reporter.log if reporter is not None else (lambda _m: None)
     if not cfg.run.out and resume is None:
         cfg = cfg.override({"run.out": time.strftime("runs/run-%Y%m%d-%H%M%S")})
@@ -283,7 +285,20 @@ def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = Fals
                 plot_heterogeneity(data.stats, store.root / "partition" / "heterogeneity.png")
             except Exception as e:  # a plot must never cost a run
                 log(f"could not draw the partition plot: {e}")
-        return _run_in(cfg, store, data, strategy, bundle, resume is not None, reporter, engine, log)
+        with TrackingSession(cfg, store.root, log) as tracking:  # TensorBoard/MLflow, curves.png; never fail a run
+            result = _run_in(cfg, store, data, strategy, bundle, resume is not None, tracking.reporter(reporter),
+                             engine, log)
+            tracking.finish(result.eval)
+        return result
+
+
+def _report_lengths(cache: Any, store: RunStore, log: Any) -> None:
+    """What data.cutoff_len truncated and dropped, per client (every client tokenized once, kept for training):
+    saved to partition/lengths.json and warned about before round 1."""
+    lengths = cache.length_report()
+    atomic_write_json(store.root / "partition" / "lengths.json", lengths.to_dict())
+    if (warning := lengths.warning()) is not None:
+        log(warning)
 
 
 def _run_in(cfg: Config, store: RunStore, data: PreparedData, strategy: Any, bundle: ModelBundle, resumed: bool,
@@ -315,9 +330,14 @@ def _run_in(cfg: Config, store: RunStore, data: PreparedData, strategy: Any, bun
             raise ConfigError(f"run.engine={cfg.run.engine!r}: use the CLI launcher (fedit run --engine flower)")
         from fedit.engines.simulation import ClientDataCache, SimulationEngine
 
-        engine = SimulationEngine(bundle.trainer,
-                                  ClientDataCache(data.client_records, bundle.template, bundle.tokenizer, cfg), cfg,
-                                  plan=strategy.client_plan(), load_state=store.client_state)
+        cache = ClientDataCache(data.client_records, bundle.template, bundle.tokenizer, cfg)
+        _report_lengths(cache, store, log)
+        engine = SimulationEngine(bundle.trainer, cache, cfg, plan=strategy.client_plan(),
+                                  load_state=store.client_state)
+    elif any(data.client_records):  # Flower with the data on the server (the loopback launcher): the same report
+        from fedit.engines.simulation import ClientDataCache
+
+        _report_lengths(ClientDataCache(data.client_records, bundle.template, bundle.tokenizer, cfg), store, log)
     if delta:  # resumed under a strategy that changes the base (FedEx-LoRA): clients and evaluation start on it
         if base_weights is not None:
             base_weights.apply(delta)
@@ -350,4 +370,5 @@ def _run_in(cfg: Config, store: RunStore, data: PreparedData, strategy: Any, bun
         eval_out = compare_evals(base, final)
         eval_out["rounds"] = last
         atomic_write_json(store.root / "eval.json", eval_out)
+        store.write_final_card(last, eval_out)  # final/README.md gains the base-vs-final table
     return RunResult(str(store.root), results, params, eval_out)

@@ -50,6 +50,7 @@ def _app(config: Path, out: Path, run_dir: str | None, num_clients: int, min_nod
         settings["out"] = run_dir
     write_app(out, cfg, settings)
     console.print(f"Flower app written to {out}\n  submit it with: flwr run {out} <connection> --stream\n"
+                  "  override any setting for one run: --run-config \"run.rounds=5 client.lr=0.001\"\n"
                   "  (connections live in $FLWR_HOME/config.toml; see docs/deployment.md)")
 
 

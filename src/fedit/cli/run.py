@@ -19,6 +19,7 @@ RUN_OPTION_KEYS: dict[str, str] = {
     "data": "data.source", "format": "data.format", "field": "data.fields", "test_data": "data.test_source",
     "template": "data.template", "cutoff_len": "data.cutoff_len", "train_on_inputs": "data.train_on_inputs",
     "on_invalid": "data.on_invalid", "fault": "run.faults", "max_client_examples": "run.max_client_examples",
+    "report_to": "run.report_to",
     "clients": "partition.clients", "partition": "partition.scheme", "alpha": "partition.alpha",
     "partition_field": "partition.field", "test_size": "partition.test_size",
     "rounds": "run.rounds", "fraction": "run.fraction", "clients_per_round": "run.clients_per_round",
@@ -31,7 +32,7 @@ RUN_OPTION_KEYS: dict[str, str] = {
     "strategy": "strategy.name", "server_lr": "strategy.server_lr", "mu": "strategy.mu",
     "strategy_opt": "strategy.*", "set_": "*",
 }
-NOT_CONFIG = {"config", "out", "overwrite", "resume"}  # handled by the command itself
+NOT_CONFIG = {"config", "out", "overwrite", "resume", "dry_run", "json_out"}  # handled by the command itself
 
 
 def run_overrides(options: dict[str, Any]) -> dict[str, Any]:
@@ -165,6 +166,17 @@ def run_command(
                                                           "e.g. nan@2:1, crash@1:0, hang@1:2, slow@1:3=5, lie@2:1 "
                                                           "(repeatable; see docs/architecture.md)."),
     max_client_examples: int = typer.Option(None, help="Reject updates claiming more examples than this."),
+    report_to: str = typer.Option(None, help="Experiment tracking: none | tensorboard | mlflow | tensorboard,mlflow "
+                                             "(event files in <run>/tensorboard, an MLflow store in <run>/mlruns; "
+                                             "--set run.tracking_uri=URI for another; docs/tracking.md)."),
+    set_: list[str] = typer.Option(None, "--set", help="Any setting, SECTION.KEY=VALUE (repeatable), typed by the "
+                                   "config schema, e.g. --set client.lr=0.001 --set data.add_eos=false; lists "
+                                   "comma-separated, `none` unsets; `fedit config init` lists every key."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check and plan the run without running it: clients, "
+                                 "tokens and bytes per round, adapter size, peak memory, time per round (needs no "
+                                 "weights; creates no run directory)."),
+    json_out: Path = typer.Option(None, "--json", help="With --dry-run: also write the plan as JSON to this file "
+                                                       "('-' for stdout)."),
 ) -> None:
     """Federated instruction tuning. With no arguments: the tiny shipped model on the built-in suite, 10 clients."""
     _run(config, locals(), resume, overwrite)
@@ -193,6 +205,14 @@ def _run(config: Path | None, options: dict[str, Any], resume: Path | None, over
             cfg.client.local_steps = None  # explicit --local-epochs wins over a config file's local_steps
     console.print(config_table(cfg.to_dict()))
     t0 = time.perf_counter()
+    from fedit.tracking import check_installed
+
+    check_installed(cfg.run.report_to)  # before a Flower deployment starts (pipeline.run checks it too)
+    if options.get("dry_run") or options.get("json_out") is not None:
+        from fedit.plan.render import dry_run
+
+        dry_run(cfg, options.get("dry_run", False), options.get("json_out"), resume=resume, overwrite=overwrite)
+        return
     if cfg.run.engine == "flower":
         from fedit.engines.flower.launcher import run_flower
 
@@ -202,6 +222,9 @@ def _run(config: Path | None, options: dict[str, Any], resume: Path | None, over
             result = pipeline.run(cfg, resume=resume, overwrite=overwrite, reporter=reporter)
     wall = time.perf_counter() - t0
     console.print(run_summary(result, wall))
+    from fedit.cli.data import print_run_lengths
+
+    print_run_lengths(Path(result.run_dir))  # truncated/dropped per client, and the >5% warning again
     if result.eval:
         console.print(eval_table(result.eval))
     console.print(f"final adapter: {Path(result.run_dir) / 'final'}")

@@ -60,8 +60,8 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> Config:
             hint = f"did you mean {', '.join(near)}? " if near else ""
             raise ConfigError(f"{WHERE}: unknown key {key!r}; {hint}Flower-side keys: "
                               f"{', '.join(RUN_CONFIG_DEFAULTS)}; fedit settings are SECTION.KEY")
-    typed = {k: _typed(k, v) for k, v in settings.items()}
     try:  # start from the selected strategy, so the defaults' fedavg table is not carried along
+        typed = {k: _typed(k, v) for k, v in settings.items()}
         base = Config.from_dict({"strategy": {"name": typed["strategy.name"]}}, where=WHERE) \
             if "strategy.name" in typed else Config()
         return base.override(_without_default_tables(typed), where=WHERE)
@@ -74,11 +74,7 @@ def _typed(key: str, value: Any) -> Any:
     (Config.override checks those against the schema)."""
     if not isinstance(value, str):
         return value
-    try:
-        return parse_setting(key, value)
-    except ConfigError as e:  # parse_setting words its errors for --set
-        text = str(e)
-        raise ConfigError(f"{WHERE}: {text.removeprefix('--set').lstrip(': ')}") from None
+    return parse_setting(key, value, where=WHERE)
 
 
 def _without_default_tables(typed: dict[str, Any]) -> dict[str, Any]:

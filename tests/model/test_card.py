@@ -128,3 +128,13 @@ def test_write_run_card_warns_instead_of_raising(tmp_path: Path) -> None:
     with pytest.warns(RuntimeWarning, match="could not write the model card"):
         assert write_run_card(adapter, tmp_path / "no-run", "round", 1) is False
     assert not (adapter / "README.md").exists()
+
+
+def test_facts_of_a_run_directory_without_run_json(tmp_path: Path) -> None:
+    """A run directory made by hand (config.toml only) still gives a card: the facts run.json holds are unknown."""
+    from fedit.config import Config
+    from fedit.model.card import CardFacts
+
+    Config().override({"lora.r": 4}).save(tmp_path / "config.toml")
+    facts = CardFacts.from_run_dir(tmp_path)
+    assert facts.config.lora.r == 4 and facts.info == {}

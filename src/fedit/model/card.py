@@ -49,7 +49,8 @@ class CardFacts:
     def from_run_dir(cls, root: str | Path) -> CardFacts:
         root = Path(root)
         cfg = Config.from_file(root / "config.toml")
-        info = json.loads((root / "run.json").read_text(encoding="utf-8"))
+        run_json = root / "run.json"  # absent in a run directory made by hand or by an older fedit: facts unknown
+        info = json.loads(run_json.read_text(encoding="utf-8")) if run_json.is_file() else {}
         return cls(cfg, info, privacy_settings(cfg))
 
 

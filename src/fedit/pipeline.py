@@ -54,6 +54,11 @@ def is_partition_dir(path: str) -> bool:
     return p.is_dir() and (p / "stats.json").is_file() and (p / "client_000.jsonl").is_file()
 
 
+def partition_client_files(root: str | Path) -> list[Path]:
+    """A `fedit partition` directory's client files, in client order (Dolly-format JSONL, one per client)."""
+    return sorted(Path(root).glob("client_*.jsonl"))
+
+
 def load_test_records(cfg: Config, report: InvalidRows | None = None) -> list[Record] | None:
     """The held-out set when it is given explicitly (builtin's test split, or data.test_source); with
     data.on_invalid = "skip" its bad rows are dropped and counted in `report`."""
@@ -96,8 +101,7 @@ def _load_and_partition(cfg: Config, invalid: InvalidRows) -> PreparedData:
     src = cfg.data.source
     if is_partition_dir(src):  # made by `fedit partition`: use its clients and test split as they are
         root = Path(src)
-        files = sorted(root.glob("client_*.jsonl"))
-        client_records = [read(f, "dolly", {}) for f in files]
+        client_records = [read(f, "dolly", {}) for f in partition_client_files(root)]
         test = (load_test_records(cfg, invalid) or (read(root / "test.jsonl", "dolly", {})
                                                     if (root / "test.jsonl").is_file() else []))
         stats = json.loads((root / "stats.json").read_text())

@@ -95,12 +95,12 @@ def _partition_clients(source: str, format: str, fmap: dict[str, str], on_invali
                        report: Any) -> list[list[Record]] | None:
     """The clients' records of a partition directory (`fedit partition`'s client_NNN.jsonl), else None."""
     from fedit.data.sources import load_records
-    from fedit.pipeline import is_partition_dir
+    from fedit.pipeline import is_partition_dir, partition_client_files
 
     if not is_partition_dir(source):
         return None
     return [load_records(f, format="dolly", on_invalid=on_invalid, report=report)
-            for f in sorted(Path(source).glob("client_*.jsonl"))]
+            for f in partition_client_files(source)]
 
 
 def _count_lengths(records: list[Record], clients: list[list[Record]] | None, cutoff_len: int, model: str,
@@ -113,17 +113,22 @@ def _count_lengths(records: list[Record], clients: list[list[Record]] | None, cu
     tok = load_tokenizer(model)
     tpl = get_template(template, tok)
 
-    def count(recs: list[Record]) -> LengthCounts:
-        return tokenize_records(recs, tpl, tok, cutoff_len, train_on_inputs, DataConfig().add_eos).counts \
+    # each record is tokenized once, in its (client, category) group; the groups add up to both tables
+    parts = clients if clients is not None else [records]
+    groups: dict[tuple[int, str], list[Record]] = {}
+    for i, part in enumerate(parts):
+        for r in part:
+            groups.setdefault((i, r.category or "(none)"), []).append(r)
+    cats: dict[str, LengthCounts] = {}
+    per_client: dict[str, LengthCounts] = {str(i): LengthCounts() for i in range(len(parts))}
+    for (i, cat), recs in groups.items():
+        counts = tokenize_records(recs, tpl, tok, cutoff_len, train_on_inputs, DataConfig().add_eos).counts \
             or LengthCounts()
-
-    cats: dict[str, list[Record]] = {}
-    for r in records:
-        cats.setdefault(r.category or "(none)", []).append(r)
-    by_cat = LengthReport(cutoff_len, {c: count(rs) for c, rs in sorted(cats.items())}, kind="category")
-    by_client = (LengthReport(cutoff_len, {str(i): count(rs) for i, rs in enumerate(clients)})
-                 if clients is not None else None)
-    return by_cat, by_client
+        cats.setdefault(cat, LengthCounts())
+        cats[cat] += counts
+        per_client[str(i)] += counts
+    by_cat = LengthReport(cutoff_len, dict(sorted(cats.items())), kind="category")
+    return by_cat, (LengthReport(cutoff_len, per_client) if clients is not None else None)
 
 
 def lengths_table(report: LengthReport, title: str, max_rows: int = 20) -> Table:

@@ -102,6 +102,7 @@ def make_plan(cfg: Config, *, resume: str | Path | None = None, overwrite: bool 
     """Check the run as `pipeline.run` would (config, output directory, data, partition, strategy, model config,
     tokenizer, LoRA targets) and plan it; loads weights only to time `timed_steps` steps when they are local."""
     from fedit.data.templates import get_template
+    from fedit.engines.simulation import ClientDataCache
     from fedit.model.load import load_tokenizer, pick_device, pick_dtype
     from fedit.pipeline import check_resume_config, prepare_data
     from fedit.server.checkpoint import RunStore
@@ -137,9 +138,10 @@ def make_plan(cfg: Config, *, resume: str | Path | None = None, overwrite: bool 
     tokenizer = load_tokenizer(cfg.model.name)
     template = get_template(cfg.data.template, tokenizer)
     phase("tokenizer")
-    tokenized = _tokenize(cfg, data.client_records, template, tokenizer)
+    cache = ClientDataCache(data.client_records, template, tokenizer, cfg)  # as the run tokenizes, once per client
+    lengths = cache.length_report()
+    tokenized = [cache.get(c) for c in range(n)]
     phase("tokenize")
-    lengths = LengthReport(cfg.data.cutoff_len, {str(c): t.counts or LengthCounts() for c, t in enumerate(tokenized)})
     process = current_rss()  # torch, transformers, peft, the tokenizer and the data: what a run's process holds too
 
     clients = [_client_load(cfg, c, len(recs), t) for c, (recs, t) in
@@ -158,14 +160,6 @@ def make_plan(cfg: Config, *, resume: str | Path | None = None, overwrite: bool 
     phase("timed steps")
     plan.phases, plan.seconds = phases, time.perf_counter() - t0
     return plan
-
-
-def _tokenize(cfg: Config, client_records: list[list[Any]], template: Any, tokenizer: Any) -> list[TokenizedData]:
-    from fedit.data.tokenize import tokenize_records
-
-    d = cfg.data
-    return [tokenize_records(recs, template, tokenizer, d.cutoff_len, d.train_on_inputs, d.add_eos)
-            for recs in client_records]
 
 
 def _client_load(cfg: Config, client: int, examples: int, data: TokenizedData) -> ClientLoad:

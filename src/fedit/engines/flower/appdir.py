@@ -38,6 +38,7 @@ its key, in the ServerApp's log). A resumed run (`resume=true`) may change only 
 change. See docs/deployment.md in the fedit repository.
 """
 
+
 def app_pyproject(cfg: Config, settings: dict[str, Any] | None = None, name: str = "fedit-run") -> dict[str, Any]:
     """The pyproject.toml content: [tool.flwr.app.config] holds the Flower-side settings (`settings` over
     RUN_CONFIG_DEFAULTS) and every fedit setting of `cfg` under its dotted key, as nested tables (`[...config.run]

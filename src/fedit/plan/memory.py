@@ -32,7 +32,7 @@ from fedit.plan.model import ModelShape
 
 GATED_MLP = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3",
                        "olmo", "olmo2", "smollm3", "granite", "cohere"})
-CPU_ALLOCATOR_FACTOR = 2.0  # glibc RSS / live activation peak, measured on the tiny and micro models (docs)
+CPU_ALLOCATOR_FACTOR = 2.0  # glibc RSS / live activation peak when freed blocks are kept: the upper of two modes (docs)
 CUDA_CONTEXT_BYTES = 512 * 2**20  # CUDA context + cuBLAS workspace: a stated constant, not measured here
 PAYLOAD_COPIES = 4  # the server's global adapter, the task sent down, the trained upload, the client's LoRA init
 

@@ -20,6 +20,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+ENGINES = ("simulation", "flower", "flower-sim")
+WIRE_DTYPES = ("float32", "bfloat16", "int8")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -27,9 +29,12 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 @dataclass
 class ModelConfig:
     name: str = "tiny"  # "tiny" (shipped base), a local path, or a Hugging Face hub name
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    # auto: bf16 on CUDA (fp16 without bf16 support); on a CPU, bf16 autocast where it has bf16 matrix units
+    # (AMX or AVX512-BF16), float32 elsewhere | float32 | bfloat16 | float16
+    dtype: str = "auto"
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
-    quantization: str | None = None  # None | "4bit" | "8bit" (GPU only, bitsandbytes)
+    # None | "4bit" (QLoRA: NF4, double quantization, compute in the run's dtype) | "8bit" (GPU only, bitsandbytes)
+    quantization: str | None = None
     attn_implementation: str | None = None  # None = transformers' default (sdpa where available)
 
 
@@ -54,6 +59,9 @@ class DataConfig:
     train_on_inputs: bool = False
     add_eos: bool = True
     on_invalid: str = "error"  # error: stop at the first bad row (file/line/field) | skip: drop bad rows, report them
+    # pack several examples into each row of cutoff_len tokens (position ids restart per example and attention never
+    # crosses one): fewer pad tokens for short examples
+    packing: bool = False
 
 
 @dataclass
@@ -78,6 +86,7 @@ class ClientConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     group_by_length: bool = True
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
 
 
 @dataclass
@@ -115,8 +124,15 @@ class RunConfig:
     min_clients: int = 1
     seed: int = 0
     out: str = ""  # run directory; "" = runs/run-<date>-<time>
-    engine: str = "simulation"  # simulation | flower
-    nodes: int = 2  # flower loopback launcher: SuperNodes to start
+    # simulation (in-process) | flower (loopback SuperLink + SuperNodes) | flower-sim (Flower's Simulation Engine, Ray)
+    engine: str = "simulation"
+    nodes: int = 2  # flower loopback launcher: SuperNodes to start; flower-sim: virtual SuperNodes
+    client_cpus: float = 1.0  # flower-sim: CPU cores per client process (also its torch threads)
+    client_gpus: float = 0.0  # flower-sim: GPUs per client process (a fraction shares one GPU)
+    # on the wire, both ways: float32 | bfloat16 (half the bytes) | int8 (blockwise 8-bit, a float32 scale per
+    # run.wire_block values: about a quarter)
+    wire_dtype: str = "float32"
+    wire_block: int = 64
     eval_every: int = 0  # evaluate the global model every K rounds (0 = only base and final)
     eval_limit: int | None = None  # held-out items used by in-loop evaluation (None = all)
     eval_generate: bool = True  # generation-based scores in addition to loss
@@ -135,7 +151,8 @@ class RunConfig:
 # Settings a resumed run may change: they decide how long the run goes on, what is evaluated, where and on what
 # engine it runs, which faults are injected and which trackers log it, never what a finished round computed.
 RESUMABLE = frozenset({"run.rounds", "run.eval_every", "run.eval_limit", "run.eval_generate", "run.max_new_tokens",
-                       "run.out", "run.engine", "run.nodes", "run.faults", "run.report_to", "run.tracking_uri"})
+                       "run.out", "run.engine", "run.nodes", "run.client_cpus",
+                       "run.client_gpus", "run.faults", "run.report_to", "run.tracking_uri"})
 
 
 @dataclass
@@ -255,8 +272,12 @@ class Config:
              "an integer >= 1"),
             (r.min_clients >= 1, "run.min_clients", r.min_clients, "an integer >= 1"),
             (r.seed >= 0, "run.seed", r.seed, "an integer >= 0"),
-            (r.engine in ("simulation", "flower"), "run.engine", r.engine, "'simulation' or 'flower'"),
+            (r.engine in ENGINES, "run.engine", r.engine, ", ".join(ENGINES)),
             (r.nodes >= 1, "run.nodes", r.nodes, "an integer >= 1"),
+            (r.client_cpus > 0, "run.client_cpus", r.client_cpus, "a number > 0"),
+            (r.client_gpus >= 0, "run.client_gpus", r.client_gpus, "a number >= 0"),
+            (r.wire_dtype in WIRE_DTYPES, "run.wire_dtype", r.wire_dtype, ", ".join(WIRE_DTYPES)),
+            (r.wire_block >= 8, "run.wire_block", r.wire_block, "an integer >= 8"),
             (r.eval_every >= 0, "run.eval_every", r.eval_every, "an integer >= 0"),
             (c.batch_size >= 1, "client.batch_size", c.batch_size, "an integer >= 1"),
             (c.micro_batch_size >= 1, "client.micro_batch_size", c.micro_batch_size, "an integer >= 1"),

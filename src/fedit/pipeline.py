@@ -22,7 +22,7 @@ from fedit.errors import CheckpointError, ConfigError
 from fedit.eval.evaluate import evaluate as evaluate_records
 from fedit.generation import GenerationSettings
 from fedit.model.base_delta import model_facts
-from fedit.model.load import load_base
+from fedit.model.load import check_quantization, load_base, pick_device
 from fedit.model.lora import AdapterSlots, attach_lora, peft_lora_config, target_modules
 from fedit.server.checkpoint import RunStore
 from fedit.server.rounds import Reporter, run_rounds
@@ -136,7 +136,7 @@ class ModelBundle:
 def build_model(cfg: Config) -> ModelBundle:
     base, tokenizer = load_base(cfg.model)
     base_name = cfg.model.name  # as configured: "tiny" for the shipped base, never this machine's site-packages path
-    model = attach_lora(base, cfg.lora, seed=cfg.run.seed)
+    model = attach_lora(base, cfg.lora, seed=cfg.run.seed, gradient_checkpointing=cfg.client.gradient_checkpointing)
     template = get_template(cfg.data.template, tokenizer)
     peft_config = peft_lora_config(cfg.lora, target_modules(base, cfg.lora.targets), base_name)
     return ModelBundle(model, tokenizer, template, peft_config, LocalTrainer.for_model(model, tokenizer))
@@ -254,6 +254,7 @@ def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = Fals
     directory is locked against a second process for as long as the run goes on.
     """
     cfg.validate()  # every name and range, before any data is read or any model loaded
+    check_quantization(cfg.model.quantization, pick_device(cfg.model.device))  # no GPU/bitsandbytes: now
     check_installed(cfg.run.report_to)  # a tracker's missing library, named with its extra, before any work
     log = reporter.log if reporter is not None else (lambda _m: None)
     if not cfg.run.out and resume is None:

@@ -89,6 +89,36 @@ def quiet_transformers() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
+# ---- quantization (QLoRA) -------------------------------------------------------------------------------------
+
+def check_quantization(quantization: str | None, device: torch.device) -> None:
+    """ConfigError, before any work, for a 4bit/8bit request this machine cannot serve (no CUDA, no bitsandbytes)."""
+    if not quantization:
+        return
+    if device.type != "cuda":
+        raise ConfigError(f"model.quantization={quantization!r} needs a CUDA GPU (bitsandbytes); this run's device "
+                          f"is {device}: drop --quantization or run on a GPU")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"model.quantization={quantization!r} needs bitsandbytes, which is not installed: "
+                          "pip install 'fedit[gpu]'")
+
+
+def bnb_config(quantization: str, compute_dtype: torch.dtype) -> Any:
+    """The BitsAndBytesConfig of a quantized load: "4bit" is QLoRA's (NF4 weights, double quantization of the
+    quantization constants, matmuls in `compute_dtype`: the run's dtype, bf16 on GPUs that have it, fp16 on
+    the others); "8bit" is LLM.int8 (outlier threshold 6.0). Builds on CPU too (no bitsandbytes needed)."""
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=torch.uint8)
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=6.0)
+    raise ConfigError(f"model.quantization: got {quantization!r}, expected 4bit or 8bit")
+
+
 def load_base(cfg: ModelConfig) -> tuple[Any, Any]:
     """(model, tokenizer) in eval mode with gradients off for the base weights."""
     from transformers import AutoModelForCausalLM
@@ -102,17 +132,8 @@ def load_base(cfg: ModelConfig) -> tuple[Any, Any]:
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.quantization:
-        if device.type != "cuda":
-            raise ConfigError(f"model.quantization={cfg.quantization!r} needs a CUDA GPU (bitsandbytes); "
-                              f"this run's device is {device}")
-        try:
-            from transformers import BitsAndBytesConfig
-        except ImportError as e:
-            raise ConfigError(f"4/8-bit loading needs bitsandbytes: pip install 'fedit[gpu]' ({e})") from None
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=cfg.quantization == "4bit", load_in_8bit=cfg.quantization == "8bit",
-            bnb_4bit_compute_dtype=dtype,
-        )
+        check_quantization(cfg.quantization, device)
+        kwargs["quantization_config"] = bnb_config(cfg.quantization, dtype)
         kwargs["device_map"] = {"": device.index or 0}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

@@ -45,14 +45,54 @@ def peft_lora_config(cfg: LoraConfig, targets: list[str] | str, base_name: str |
     )
 
 
-def attach_lora(model: Any, cfg: LoraConfig, seed: int) -> Any:
+def is_kbit(model: Any) -> bool:
+    """Whether the base was loaded 4-bit or 8-bit through bitsandbytes."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each decoder layer's activations in the backward pass (non-reentrant torch.utils.checkpoint): less
+    activation memory for one more forward of every layer. The KV cache is off (it is useless in training and
+    transformers refuses it with checkpointing). With non-reentrant checkpointing the layers' inputs need not
+    require grad; `enable_input_require_grads` is still set, which also serves a reentrant checkpoint function."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    model.config.use_cache = False
+
+
+def prepare_base(model: Any, gradient_checkpointing: bool) -> Any:
+    """Ready a frozen base for LoRA training. A 4/8-bit base goes through peft's `prepare_model_for_kbit_training`
+    (norms, embeddings and LM head upcast to float32, base frozen, checkpointing when asked) as QLoRA does; any other
+    base only gets checkpointing when asked."""
+    if is_kbit(model):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        if gradient_checkpointing:
+            model.config.use_cache = False
+        return model
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def attach_lora(model: Any, cfg: LoraConfig, seed: int, *, gradient_checkpointing: bool = False) -> Any:
     """Wrap `model` with a LoRA adapter named "default"; the init is seeded, so the same seed gives the same adapter.
 
-    The live model's PEFT config names the base as peft finds it (its load path); what saved adapters record is
-    the run's own `peft_lora_config(..., base_name)`, so the two never need to agree (and peft does not warn)."""
+    The base is prepared first (`prepare_base`: k-bit preparation for a quantized base, gradient checkpointing when
+    `gradient_checkpointing`). The live model's PEFT config names the base as peft finds it (its load path); what
+    saved adapters record is the run's own `peft_lora_config(..., base_name)`, so the two never need to agree (and
+    peft does not warn)."""
     from peft import get_peft_model
 
     targets = target_modules(model, cfg.targets)
+    model = prepare_base(model, gradient_checkpointing)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:

@@ -139,7 +139,9 @@ def build_model(cfg: Config) -> ModelBundle:
     model = attach_lora(base, cfg.lora, seed=cfg.run.seed, gradient_checkpointing=cfg.client.gradient_checkpointing)
     template = get_template(cfg.data.template, tokenizer)
     peft_config = peft_lora_config(cfg.lora, target_modules(base, cfg.lora.targets), base_name)
-    return ModelBundle(model, tokenizer, template, peft_config, LocalTrainer.for_model(model, tokenizer))
+    trainer = LocalTrainer.for_model(model, tokenizer)
+    trainer.pack_len = cfg.data.cutoff_len if cfg.data.packing else None
+    return ModelBundle(model, tokenizer, template, peft_config, trainer)
 
 
 def stratified_head(records: list[Record], limit: int) -> list[Record]:

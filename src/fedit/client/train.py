@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fedit.config import ClientConfig
+from fedit.data.packing import collate_packed
 from fedit.data.tokenize import IGNORE_INDEX, TokenizedData, collate, iter_micro_batches
 from fedit.errors import ClientError
 from fedit.model.base_delta import BaseWeights
@@ -61,6 +62,7 @@ class LocalTrainer:
     pad_id: int
     init: Params = field(default_factory=dict)
     base: BaseWeights | None = None  # the one keeper of this model's frozen base weights (W0 + a base delta)
+    pack_len: int | None = None  # data.packing: each micro-batch packed into rows of up to this many tokens
 
     @classmethod
     def for_model(cls, peft_model: Any, tokenizer: Any) -> LocalTrainer:
@@ -146,14 +148,15 @@ def _train(trainer: LocalTrainer, params: list[torch.nn.Parameter], session: Cli
     t0 = time.perf_counter()
     loss_sum, loss_tokens, real_tokens = 0.0, 0, 0
     for step in range(total):
-        micro = [collate(data, next(batches), trainer.pad_id) for _ in range(accum)]
+        micro = [collate(data, next(batches), trainer.pad_id) if trainer.pack_len is None  # examples per micro-batch
+                 else collate_packed(data, next(batches), trainer.pad_id, trainer.pack_len) for _ in range(accum)]
         # Normalise by the label tokens of the whole optimizer batch: every token weighs the same,
         # whatever micro-batch it landed in.
         step_tokens = sum(int((m["labels"][:, 1:] != IGNORE_INDEX).sum()) for m in micro)
         step_loss = 0.0
         for m in micro:
             m = {k: v.to(device) for k, v in m.items()}
-            nll, _ = label_token_nll(model, m["input_ids"], m["attention_mask"], m["labels"])
+            nll, _ = label_token_nll(model, m["input_ids"], m["attention_mask"], m["labels"], m.get("position_ids"))
             token_loss = nll.sum()
             loss = token_loss / max(1, step_tokens)
             term = session.penalty(slots)

@@ -1,9 +1,10 @@
-"""Target 6: LoRA training tokens/s and MFU of a random ~0.5B Llama on one GPU; fedit's loop vs a hand-written loop.
+"""LoRA training tokens/s, MFU and peak memory on one GPU: random 0.5B (Qwen2.5 shape) and 7B (Llama-2 shape) models,
+bf16 vs NF4 (QLoRA), with and without gradient checkpointing and packing; fedit's loop vs a hand-written loop.
 
-    python benchmarks/gpu_throughput.py --json gpu.json      # H100/H200: about 2-4 minutes, downloads nothing
+    python benchmarks/gpu_throughput.py --json gpu.json      # H100/H200: under 8 minutes (--deadline-s 450)
     python benchmarks/gpu_throughput.py --smoke              # CPU check of the script, tiny shapes
 
-Needs torch (CUDA), transformers, peft and numpy; works from a checkout without `pip install` (it adds src/ to the
+Needs torch (CUDA), transformers, peft and numpy (bitsandbytes for the NF4 cases: skipped without it); works from a checkout without `pip install` (it adds src/ to the
 path, and stands in for the TOML writer when tomli_w is absent: this benchmark never writes TOML).
 """
 

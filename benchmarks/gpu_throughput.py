@@ -4,8 +4,9 @@ bf16 vs NF4 (QLoRA), with and without gradient checkpointing and packing; fedit'
     python benchmarks/gpu_throughput.py --json gpu.json      # H100/H200: under 8 minutes (--deadline-s 450)
     python benchmarks/gpu_throughput.py --smoke              # CPU check of the script, tiny shapes
 
-Needs torch (CUDA), transformers, peft and numpy (bitsandbytes for the NF4 cases: skipped without it); works from a checkout without `pip install` (it adds src/ to the
-path, and stands in for the TOML writer when tomli_w is absent: this benchmark never writes TOML).
+Needs torch (CUDA), transformers, peft and numpy (bitsandbytes for the NF4 cases: skipped without it); works from a
+checkout without `pip install` (it adds src/ to the path, and stands in for the TOML writer when tomli_w is absent:
+this benchmark never writes TOML).
 """
 
 import sys

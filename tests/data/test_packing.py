@@ -85,3 +85,17 @@ def test_packed_nll_and_grads_equal_one_by_one(micro_model_dir, impl):
     model.zero_grad(set_to_none=True)
     leaky, _ = label_token_nll(model, packed["input_ids"], packed["attention_mask"], packed["labels"])
     assert abs(float(leaky.sum().detach()) - float(ref)) > 1e-3
+
+
+def test_pack_rows_balances_and_never_exceeds_padding():
+    from fedit.data.packing import pack_rows
+
+    # 16 x 40 tokens, rows of up to 256: 3 rows would need 214-wide rows (5 per row -> 4 rows of 200 = 800 tokens);
+    # 4 rows of 4 x 40 = 160 hold exactly the 640 real tokens
+    bins = pack_rows([40] * 16, 256)
+    assert sorted(len(b) for b in bins) == [4, 4, 4, 4]
+    lengths = [3, 50, 7, 49, 8, 2]
+    bins = pack_rows(lengths, 64)
+    cost = len(bins) * max(sum(lengths[i] for i in b) for b in bins)
+    assert cost <= len(lengths) * max(lengths) and sorted(i for b in bins for i in b) == list(range(6))
+    assert cost == 2 * 60  # [50, 8, 2] and [49, 7, 3]: two rows of 60

@@ -1,5 +1,5 @@
-"""Packing: the examples of a micro-batch concatenated into as few rows of up to `data.cutoff_len` tokens as
-first-fit decreasing finds, without cross-contamination between examples.
+"""Packing: the examples of a micro-batch concatenated into rows of up to `data.cutoff_len` tokens (first-fit
+decreasing, rows balanced so the fewest tokens go through the model), without cross-contamination between examples.
 
 A packed micro-batch has the keys of `fedit.data.tokenize.collate` (input_ids, labels, attention_mask: 1 on real
 tokens, 0 on the pad tail of a row) plus `position_ids`, which restart at 0 at every example's first token (and at
@@ -44,6 +44,29 @@ def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int
     return bins
 
 
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Bins for the rows of one packed micro-batch: the fewest tokens through the model (rows x the fullest row's
+    length) over first-fit decreasing at the capacities ceil(total / R) for R = the fewest rows `capacity` allows
+    up to one row per example (never under the longest example, never over `capacity` unless an example is longer).
+    Balanced rows beat rows filled to `capacity` and a ragged last one; at R = one row per example the capacity is the
+    longest example, so a packed micro-batch never holds more tokens than the same examples padded."""
+    if not lengths:
+        return []
+    longest, total = max(int(n) for n in lengths), sum(int(n) for n in lengths)
+    cap_max = max(capacity, longest)
+    best: tuple[int, int, list[list[int]]] | None = None
+    for rows in range(-(-total // cap_max), len(lengths) + 1):
+        cap = min(cap_max, max(longest, -(-total // rows)))
+        bins = first_fit_decreasing(lengths, cap)
+        cost = len(bins) * max(sum(int(lengths[i]) for i in b) for b in bins)
+        if best is None or (cost, len(bins)) < best[:2]:
+            best = (cost, len(bins), bins)
+        if cap == longest:
+            break
+    assert best is not None
+    return best[2]
+
+
 def _example(data: Any, i: int) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and labels of example i (TokenizedData as lists of lists, or flat arrays with offsets)."""
     offsets = getattr(data, "offsets", None)
@@ -57,7 +80,7 @@ def collate_packed(data: Any, idx: Sequence[int], pad_id: int, capacity: int) ->
     """Pack the examples `idx` into rows of at most `capacity` tokens (right-padded to the fullest row)."""
     examples = [_example(data, int(i)) for i in idx]
     lengths = [len(ids) for ids, _ in examples]
-    bins = first_fit_decreasing(lengths, max(capacity, max(lengths)))
+    bins = pack_rows(lengths, capacity)
     width = max(sum(lengths[j] for j in b) for b in bins)
     n = len(bins)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)

@@ -256,7 +256,8 @@ def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = Fals
     directory is locked against a second process for as long as the run goes on.
     """
     cfg.validate()  # every name and range, before any data is read or any model loaded
-    check_quantization(cfg.model.quantization, pick_device(cfg.model.device))  # no GPU/bitsandbytes: now
+    if cfg.model.quantization:  # 4/8-bit without a GPU or bitsandbytes: refused now, not after loading the data
+        check_quantization(cfg.model.quantization, pick_device(cfg.model.device))
     check_installed(cfg.run.report_to)  # a tracker's missing library, named with its extra, before any work
     log = reporter.log if reporter is not None else (lambda _m: None)
     if not cfg.run.out and resume is None:

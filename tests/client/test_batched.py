@@ -103,6 +103,27 @@ def test_batched_round_equals_sequential(setup) -> None:
     assert all(torch.equal(trainer.slots.params[k].detach(), live[k]) for k in live)  # the live adapter untouched
 
 
+def test_sorted_in_step_equals_sequential_without_dropout(setup) -> None:
+    """Micro-batches of a step paired longest first: the same sums in another order (dropout off: the masks would
+    be drawn in another order). Batch 8 of micro-batch 2 (4 per step), 3 steps; same tolerance."""
+    trainer, datas = setup
+    mods = [m for m in trainer.model.modules() if hasattr(m, "lora_dropout")]
+    for m in mods:
+        m.lora_dropout["default"].p = 0.0
+    try:
+        cfg = ClientConfig(local_steps=3, batch_size=8, micro_batch_size=2, lr=1e-2, max_grad_norm=0.05)
+        task = ClientTask(trainer.slots.get())
+        seq = [train_task(trainer, task, d, cfg, client_id=c, round_idx=1, seed=2)[0] for c, d in enumerate(datas)]
+        bat = train_batched(trainer, [BatchedJob(c, task, d) for c, d in enumerate(datas)], cfg, round_idx=1, seed=2,
+                            sort_in_step=True)
+    finally:
+        for m in mods:
+            m.lora_dropout["default"].p = 0.1
+    for s, b in zip(seq, bat, strict=True):
+        assert b.metrics["loss"] == pytest.approx(s.metrics["loss"], rel=1e-6)
+        assert max(float((s.params[k] - b.params[k]).abs().max()) for k in s.params) < 2e-6
+
+
 def test_rejects_plans_with_hooks(setup) -> None:
     trainer, datas = setup
     with pytest.raises(ClientError, match="plain client plan"):

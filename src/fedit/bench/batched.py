@@ -45,40 +45,51 @@ def run(micros: list[int], steps: int, repeats: int, model: str = "tiny", ks: tu
         ccfg = Config().override({"client.local_steps": steps, "client.micro_batch_size": micro}).client
 
         def sequential(ccfg: Any = ccfg) -> dict[str, Any]:
-            times, ups = [], []
+            times, cpu, ups = [], [], []
             for c in range(kmax):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 ups.append(train_task(trainer, task, datas[c], ccfg, client_id=c, round_idx=1, seed=cfg.run.seed)[0])
                 times.append(time.perf_counter() - t0)
-            return {"times": times, "updates": ups}
+                cpu.append(time.process_time() - c0)
+            return {"times": times, "cpu": cpu, "updates": ups}
 
-        def batched(k: int, ccfg: Any = ccfg) -> dict[str, Any]:
-            t0 = time.perf_counter()
+        def batched(k: int, sort: bool, ccfg: Any = ccfg) -> dict[str, Any]:
+            t0, c0 = time.perf_counter(), time.process_time()
             ups = train_batched(trainer, [BatchedJob(c, task, datas[c]) for c in range(k)], ccfg, round_idx=1,
-                                seed=cfg.run.seed)
-            return {"times": [time.perf_counter() - t0], "updates": ups}
+                                seed=cfg.run.seed, sort_in_step=sort)
+            return {"times": [time.perf_counter() - t0], "cpu": [time.process_time() - c0], "updates": ups}
 
-        fns = {"sequential": sequential, **{f"batched{k}": (lambda k=k: batched(k)) for k in ks}}
+        variants = [(k, False) for k in ks] + ([(k, True) for k in ks] if micro < ccfg.batch_size else [])
+        fns = {"sequential": sequential, **{f"k{k}{'s' if srt else ''}": (lambda k=k, srt=srt: batched(k, srt))
+                                            for k, srt in variants}}
         runs: dict[str, list[dict[str, Any]]] = {n: [] for n in fns}
         names = list(fns)
         for rep in range(repeats):
             for n in names if rep % 2 == 0 else names[::-1]:
                 runs[n].append(fns[n]())
         row: dict[str, Any] = {}
-        for k in ks:
+        for name in names[1:]:
+            k = int(name[1:].rstrip("s"))
             seq = median([sum(r["times"][:k]) for r in runs["sequential"]])
-            bat = median([r["times"][0] for r in runs[f"batched{k}"]])
-            seq_up, bat_up = runs["sequential"][0]["updates"][:k], runs[f"batched{k}"][0]["updates"]
+            bat = median([r["times"][0] for r in runs[name]])
+            seq_cpu = median([sum(r["cpu"][:k]) for r in runs["sequential"]])
+            bat_cpu = median([r["cpu"][0] for r in runs[name]])
+            seq_up, bat_up = runs["sequential"][0]["updates"][:k], runs[name][0]["updates"]
             diff = max(float((s.params[key] - b.params[key]).abs().max())
                        for s, b in zip(seq_up, bat_up, strict=True) for key in s.params)
-            row[f"k{k}"] = {"sequential_s": seq, "batched_s": bat, "speedup": ratio(seq, bat), "max_abs_diff": diff}
+            row[name] = {"sequential_s": seq, "batched_s": bat, "speedup": ratio(seq, bat), "max_abs_diff": diff,
+                         "sequential_cpu_s": seq_cpu, "batched_cpu_s": bat_cpu, "cpu_speedup": ratio(seq_cpu, bat_cpu)}
         out["by_micro"][str(micro)] = row
-        print(f"micro-batch {micro}: " + ", ".join(f"K={k} seq {v['sequential_s']:.2f}s batched {v['batched_s']:.2f}s "
-                                                    f"x{v['speedup']:.2f}" for k, v in
-                                                    ((int(n[1:]), v) for n, v in row.items())), flush=True)
+        print(f"micro-batch {micro}: " + ", ".join(_line(k, v) for k, v in row.items()), flush=True)
         if profile:
-            out["by_micro"][str(micro)]["profile"] = _profile(sequential, lambda: batched(kmax))
+            out["by_micro"][str(micro)]["profile"] = _profile(sequential, lambda: batched(kmax, True))
     return out
+
+
+def _line(k: str, v: dict[str, float]) -> str:
+    label = f"K={k[1:].rstrip('s')}" + (" sorted" if k.endswith("s") else "")
+    return (f"{label} seq {v['sequential_s']:.2f}s batched {v['batched_s']:.2f}s x{v['speedup']:.2f} (CPU s "
+            f"{v['sequential_cpu_s']:.2f} / {v['batched_cpu_s']:.2f} = x{v['cpu_speedup']:.2f})")
 
 
 def _profile(sequential: Any, batched: Any) -> dict[str, str]:
@@ -100,7 +111,8 @@ def rows(res: dict[str, Any]) -> list[Row]:
         for k, v in row.items():
             if not k.startswith("k"):
                 continue
-            out.append(Row(f"micro {micro}, K={k[1:]}: sequential / batched s per round",
+            sort = " sorted in step" if k.endswith("s") else ""
+            out.append(Row(f"micro {micro}, K={k[1:].rstrip('s')}{sort}: sequential / batched s per round",
                            f"{v['sequential_s']:.2f} / {v['batched_s']:.2f} = x{v['speedup']:.2f}", ">= 1.3x to adopt",
                            v["speedup"] >= 1.3))
     return out

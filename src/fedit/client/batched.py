@@ -170,9 +170,14 @@ class _ClientRun:
 
 
 def train_batched(trainer: LocalTrainer, jobs: Sequence[BatchedJob], cfg: ClientConfig, *, round_idx: int,
-                  seed: int, plan: ClientPlan | None = None) -> list[ClientUpdate]:
+                  seed: int, plan: ClientPlan | None = None, sort_in_step: bool = False) -> list[ClientUpdate]:
     """Train `jobs` together (plain plan only); returns one update per job, in order, as `train_task` would
-    (each client's `seconds` is the group's wall time, its `tokens_per_s` its own tokens over that time)."""
+    (each client's `seconds` is the group's wall time, its `tokens_per_s` its own tokens over that time).
+
+    `sort_in_step` (with gradient accumulation): each client's micro-batches of a step are taken longest first, so
+    the clients' micro-batches that share a forward have similar widths (less padding). The step's gradient is the
+    same sum in another order (rounding aside); LoRA dropout masks are then drawn in another order than sequential
+    training's (the same distribution, other draws)."""
     if not plain_plan(plan):
         raise ClientError(f"batched clients support the plain client plan only, not {type(plan).__name__}")
     for job in jobs:
@@ -199,7 +204,7 @@ def train_batched(trainer: LocalTrainer, jobs: Sequence[BatchedJob], cfg: Client
     try:
         with batched_lora(trainer, batch):
             for step in range(max(r.total for r in runs)):
-                _step(trainer, runs, batch, cfg, step, accum, device)
+                _step(trainer, runs, batch, cfg, step, accum, device, sort_in_step)
     finally:
         model.eval()
     seconds = time.perf_counter() - t0
@@ -222,11 +227,14 @@ def train_batched(trainer: LocalTrainer, jobs: Sequence[BatchedJob], cfg: Client
 
 
 def _step(trainer: LocalTrainer, runs: list[_ClientRun], batch: _Batch, cfg: ClientConfig, step: int, accum: int,
-          device: torch.device) -> None:
+          device: torch.device, sort_in_step: bool) -> None:
     """One optimizer step of every client that still has steps to take."""
     active = [i for i, r in enumerate(runs) if step < r.total]
     micro = {i: [collate(runs[i].job.data, next(runs[i].batches), trainer.pad_id) for _ in range(accum)]
              for i in active}
+    if sort_in_step:
+        for parts in micro.values():
+            parts.sort(key=lambda m: -m["input_ids"].shape[1])
     step_tokens = {i: sum(int((m["labels"][:, 1:] != IGNORE_INDEX).sum()) for m in micro[i]) for i in active}
     step_loss = {i: torch.zeros((), device=device) for i in active}
     for j in range(accum):

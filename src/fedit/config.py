@@ -20,8 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ENGINES = ("simulation", "flower", "flower-sim")
-WIRE_DTYPES = ("float32", "bfloat16", "int8")
+ENGINES = ("simulation", "flower")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -124,15 +123,8 @@ class RunConfig:
     min_clients: int = 1
     seed: int = 0
     out: str = ""  # run directory; "" = runs/run-<date>-<time>
-    # simulation (in-process) | flower (loopback SuperLink + SuperNodes) | flower-sim (Flower's Simulation Engine, Ray)
-    engine: str = "simulation"
-    nodes: int = 2  # flower loopback launcher: SuperNodes to start; flower-sim: virtual SuperNodes
-    client_cpus: float = 1.0  # flower-sim: CPU cores per client process (also its torch threads)
-    client_gpus: float = 0.0  # flower-sim: GPUs per client process (a fraction shares one GPU)
-    # on the wire, both ways: float32 | bfloat16 (half the bytes) | int8 (blockwise 8-bit, a float32 scale per
-    # run.wire_block values: about a quarter)
-    wire_dtype: str = "float32"
-    wire_block: int = 64
+    engine: str = "simulation"  # simulation | flower
+    nodes: int = 2  # flower loopback launcher: SuperNodes to start
     eval_every: int = 0  # evaluate the global model every K rounds (0 = only base and final)
     eval_limit: int | None = None  # held-out items used by in-loop evaluation (None = all)
     eval_generate: bool = True  # generation-based scores in addition to loss
@@ -151,8 +143,7 @@ class RunConfig:
 # Settings a resumed run may change: they decide how long the run goes on, what is evaluated, where and on what
 # engine it runs, which faults are injected and which trackers log it, never what a finished round computed.
 RESUMABLE = frozenset({"run.rounds", "run.eval_every", "run.eval_limit", "run.eval_generate", "run.max_new_tokens",
-                       "run.out", "run.engine", "run.nodes", "run.client_cpus",
-                       "run.client_gpus", "run.faults", "run.report_to", "run.tracking_uri"})
+                       "run.out", "run.engine", "run.nodes", "run.faults", "run.report_to", "run.tracking_uri"})
 
 
 @dataclass
@@ -274,10 +265,6 @@ class Config:
             (r.seed >= 0, "run.seed", r.seed, "an integer >= 0"),
             (r.engine in ENGINES, "run.engine", r.engine, ", ".join(ENGINES)),
             (r.nodes >= 1, "run.nodes", r.nodes, "an integer >= 1"),
-            (r.client_cpus > 0, "run.client_cpus", r.client_cpus, "a number > 0"),
-            (r.client_gpus >= 0, "run.client_gpus", r.client_gpus, "a number >= 0"),
-            (r.wire_dtype in WIRE_DTYPES, "run.wire_dtype", r.wire_dtype, ", ".join(WIRE_DTYPES)),
-            (r.wire_block >= 8, "run.wire_block", r.wire_block, "an integer >= 8"),
             (r.eval_every >= 0, "run.eval_every", r.eval_every, "an integer >= 0"),
             (c.batch_size >= 1, "client.batch_size", c.batch_size, "an integer >= 1"),
             (c.micro_batch_size >= 1, "client.micro_batch_size", c.micro_batch_size, "an integer >= 1"),

@@ -134,3 +134,47 @@ def test_empty_client_is_a_client_error(setup) -> None:
     empty = type(data)([], [], [])
     with pytest.raises(ClientError, match="client 4 has no trainable examples"):
         train_client(trainer, trainer.slots.get(), empty, ClientConfig(), client_id=4, round_idx=1, seed=0)
+
+
+def test_proximal_gradient_counted_once_per_step_whatever_the_micro_batches(setup, monkeypatch) -> None:
+    """The lean loop adds the strategy's term once per optimizer step: with 2 micro-batches per step, the FedProx
+    gradient at step 2 is mu * (w_1 - w_0) by hand (w_0 the task's tensors, w_1 after step 1), not twice that."""
+    import fedit.client.train as train_mod
+
+    trainer, data = setup
+    init = trainer.slots.get()
+    seen: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **kw):  # called right before each opt.step: the step's full gradient
+        params = list(params)
+        seen.append(([p.grad.detach().clone() for p in params], [p.detach().clone() for p in params]))
+        return real_clip(params, max_norm, *a, **kw)
+
+    monkeypatch.setattr(train_mod.torch.nn.utils, "clip_grad_norm_", spy)
+    cfg = ClientConfig(local_steps=2, batch_size=4, micro_batch_size=2, lr=1e-2, max_grad_norm=1e9)
+    mu = 0.5
+    train_task(trainer, ClientTask(init), data, cfg, client_id=1, round_idx=1, seed=3, plan=ClientPlan())
+    plain = seen[:]
+    seen.clear()
+    train_task(trainer, ClientTask(init), data, cfg, client_id=1, round_idx=1, seed=3, plan=ProximalPlan(mu))
+    prox = seen[:]
+    assert len(plain) == len(prox) == 2
+    keys = list(trainer.slots.params)
+    (g0, w1), (gp, w1p) = plain[1], prox[1]
+    for k, a, b, w, wp in zip(keys, g0, gp, w1, w1p, strict=True):
+        assert torch.equal(w, wp)  # step 1 is the same: the proximal gradient at w_0 is 0
+        want = mu * (w - init[k])
+        assert torch.allclose(b - a, want, atol=1e-6, rtol=1e-4), k
+
+
+def test_one_host_sync_per_step_counts_tokens_on_cpu(setup) -> None:
+    """Token counts come from the CPU batch (equal to counting the data by hand) and the loss is read once a step."""
+    trainer, data = setup
+    steps: list[float] = []
+    cfg = ClientConfig(local_steps=2, batch_size=16, micro_batch_size=4, lr=1e-3)
+    u = train_client(trainer, trainer.slots.get(), data, cfg, client_id=0, round_idx=1, seed=0,
+                     on_step=lambda s, t, loss: steps.append(loss))
+    # 16 examples per step, 2 steps = two passes over the 16 examples: every token counted twice
+    assert u.metrics["tokens"] == 2 * sum(len(x) for x in data.input_ids)
+    assert len(steps) == 2 and all(x > 0 for x in steps)

@@ -139,7 +139,8 @@ def _train(trainer: LocalTrainer, params: list[torch.nn.Parameter], session: Cli
     cs = client_seed(seed, round_idx, client_id)
     rng = np.random.default_rng(cs)
     torch.manual_seed(cs)  # LoRA dropout
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cuda = device.type == "cuda"
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda)
     accum = cfg.batch_size // cfg.micro_batch_size
     total = num_local_steps(cfg, len(data))
     batches = iter_micro_batches(data, cfg.micro_batch_size, rng, cfg.group_by_length)
@@ -150,21 +151,23 @@ def _train(trainer: LocalTrainer, params: list[torch.nn.Parameter], session: Cli
     for step in range(total):
         micro = [collate(data, next(batches), trainer.pad_id) if trainer.pack_len is None  # examples per micro-batch
                  else collate_packed(data, next(batches), trainer.pad_id, trainer.pack_len) for _ in range(accum)]
-        # Normalise by the label tokens of the whole optimizer batch: every token weighs the same,
-        # whatever micro-batch it landed in.
+        # Counted on the CPU tensors, before any copy: no device sync. Normalise by the label tokens of the whole
+        # optimizer batch: every token weighs the same, whatever micro-batch it landed in.
         step_tokens = sum(int((m["labels"][:, 1:] != IGNORE_INDEX).sum()) for m in micro)
-        step_loss = 0.0
-        for m in micro:
-            m = {k: v.to(device) for k, v in m.items()}
+        real_tokens += sum(int(m["attention_mask"].sum()) for m in micro)
+        step_loss_t = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device, read once a step
+        for i, m in enumerate(micro):
+            m = {k: (v.pin_memory().to(device, non_blocking=True) if cuda else v.to(device)) for k, v in m.items()}
             nll, _ = label_token_nll(model, m["input_ids"], m["attention_mask"], m["labels"], m.get("position_ids"))
             token_loss = nll.sum()
             loss = token_loss / max(1, step_tokens)
-            term = session.penalty(slots)
-            if term is not None:
-                loss = loss + term / accum
+            if i == accum - 1:  # the strategy's term once per optimizer step (FedProx's proximal term), not per micro
+                term = session.penalty(slots)
+                if term is not None:
+                    loss = loss + term
             loss.backward()
-            step_loss += token_loss.item()
-            real_tokens += int(m["attention_mask"].sum())
+            step_loss_t += token_loss.detach().to(torch.float64)
+        step_loss = float(step_loss_t)  # the one host sync of the step
         lr = lr_at(cfg, step, total)
         for group in opt.param_groups:
             group["lr"] = lr

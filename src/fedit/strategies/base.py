@@ -65,7 +65,8 @@ class ClientSession:
         """After the task's tensors are loaded, before the first step."""
 
     def penalty(self, slots: AdapterSlots) -> torch.Tensor | None:
-        """A differentiable term added to the loss of every optimizer step (FedProx), or None."""
+        """A differentiable term added once to the loss of every optimizer step (on its last micro-batch, so its
+        gradient is counted once however many micro-batches the step has; FedProx), or None."""
         return None
 
     def after_step(self, slots: AdapterSlots, lr: float) -> None:

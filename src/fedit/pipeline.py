@@ -18,7 +18,9 @@ from fedit.config import RESUMABLE, Config
 from fedit.data.invalid import InvalidRows
 from fedit.data.records import Record
 from fedit.data.templates import Template, get_template
+from fedit.data.tokenize import TokenizedData
 from fedit.errors import CheckpointError, ConfigError
+from fedit.eval.evaluate import encode_held_out
 from fedit.eval.evaluate import evaluate as evaluate_records
 from fedit.generation import GenerationSettings
 from fedit.model.base_delta import model_facts
@@ -169,12 +171,15 @@ class Evaluator:
         for r in records:
             h.update(json.dumps(r.to_dict(), sort_keys=True, ensure_ascii=False).encode())
         self.records_id = h.hexdigest()
+        self.encoded: TokenizedData | None = None  # the records tokenized once, on first use, for every evaluation
 
     def __call__(self, params: Params) -> dict[str, Any]:
+        b = self.bundle
+        if self.encoded is None:
+            self.encoded = encode_held_out(self.records, b.template, b.tokenizer, self.cfg.data.cutoff_len)
         self.slots.set(params)
-        res = evaluate_records(self.bundle.model, self.bundle.tokenizer, self.bundle.template, self.records,
-                               cutoff_len=self.cfg.data.cutoff_len, generate=self.cfg.run.eval_generate,
-                               settings=self.settings)
+        res = evaluate_records(b.model, b.tokenizer, b.template, self.records, cutoff_len=self.cfg.data.cutoff_len,
+                               generate=self.cfg.run.eval_generate, settings=self.settings, encoded=self.encoded)
         return res.to_dict()
 
 

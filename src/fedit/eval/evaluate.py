@@ -42,15 +42,25 @@ class EvalResult:
         return {"per_category": self.per_category, "mean": self.mean}
 
 
+def encode_held_out(records: Sequence[Record], template: Template, tokenizer: Any, cutoff_len: int) -> TokenizedData:
+    """The held-out records tokenized for `response_loss` (loss on responses, EOS added, nothing dropped); a run
+    tokenizes them once and passes the result to every evaluation."""
+    encoded = [encode_record(r, template, tokenizer, cutoff_len, False, True) for r in records]
+    return TokenizedData([e[0] for e in encoded], [e[1] for e in encoded], [r.category for r in records])
+
+
 @torch.no_grad()
 def response_loss(model: Any, tokenizer: Any, template: Template, records: Sequence[Record], cutoff_len: int,
-                  batch_size: int = 16) -> list[tuple[float, int]]:
-    """(summed NLL, response tokens) per record, teacher-forced, response tokens only."""
-    encoded = [encode_record(r, template, tokenizer, cutoff_len, False, True) for r in records]
-    data = TokenizedData([e[0] for e in encoded], [e[1] for e in encoded], [r.category for r in records])
+                  batch_size: int = 16, data: TokenizedData | None = None) -> list[tuple[float, int]]:
+    """(summed NLL, response tokens) per record, teacher-forced, response tokens only; `data` is
+    `encode_held_out(records, ...)` when the caller keeps it (otherwise the records are tokenized here)."""
+    if data is None:
+        data = encode_held_out(records, template, tokenizer, cutoff_len)
+    if len(data) != len(records):
+        raise ValueError(f"response_loss: {len(data)} tokenized examples for {len(records)} records")
     device = next(model.parameters()).device
     out: list[tuple[float, int]] = [(0.0, 0)] * len(records)
-    order = sorted(range(len(records)), key=lambda i: len(encoded[i][0]))
+    order = sorted(range(len(records)), key=lambda i: len(data.input_ids[i]))
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         b = {k: v.to(device) for k, v in collate(data, idx, tokenizer.pad_token_id).items()}
@@ -63,11 +73,13 @@ def response_loss(model: Any, tokenizer: Any, template: Template, records: Seque
 
 
 def evaluate(model: Any, tokenizer: Any, template: Template, records: Sequence[Record], *, cutoff_len: int = 256,
-             generate: bool = True, settings: GenerationSettings | None = None, batch_size: int = 16) -> EvalResult:
-    """Loss, perplexity and (if `generate`) score/exact match per category. The model is used as it is."""
+             generate: bool = True, settings: GenerationSettings | None = None, batch_size: int = 16,
+             encoded: TokenizedData | None = None) -> EvalResult:
+    """Loss, perplexity and (if `generate`) score/exact match per category. The model is used as it is. `encoded`:
+    the records already tokenized by `encode_held_out` (a run's evaluator keeps it across rounds)."""
     was_training = model.training
     model.eval()
-    losses = response_loss(model, tokenizer, template, records, cutoff_len, batch_size)
+    losses = response_loss(model, tokenizer, template, records, cutoff_len, batch_size, data=encoded)
     answers = generate_answers(model, tokenizer, template, records, settings or GenerationSettings(),
                                batch_size) if generate else []
     if was_training:

@@ -18,8 +18,7 @@ from fedit.server.sampling import sample_clients
 from fedit.server.validate import update_problem
 from fedit.strategies._math import aggregation_error
 from fedit.strategies.base import RoundContext, State, Strategy
-from fedit.types import ClientTask, ClientUpdate, Params, RoundResult
-from fedit.wire import EXACT, WireFormat, wire_bytes
+from fedit.types import ClientTask, ClientUpdate, Params, RoundResult, payload_bytes
 
 Evaluate = Callable[[Params], dict[str, Any]]
 
@@ -75,21 +74,20 @@ def screen_updates(round_idx: int, sampled: list[int], outcome: RoundOutcome, ex
     return [accepted[c] for c in sorted(accepted)], failures
 
 
-def _tensor_bytes(tensors: Any, wire: WireFormat = EXACT) -> int:
-    """Bytes of tensor data in `tensors` as they cross the wire in `wire` (run.wire_dtype: float32 as held)."""
+def _tensor_bytes(tensors: Any) -> int:
     if not isinstance(tensors, Mapping):
         return 0
-    return wire_bytes(tensors, wire)
+    return payload_bytes({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)})
 
 
-def _received_bytes(outcome: RoundOutcome, wire: WireFormat = EXACT) -> int:
+def _received_bytes(outcome: RoundOutcome) -> int:
     """Bytes of tensor data the server received this round (params and extras), rejected updates included."""
-    return sum(_tensor_bytes(u.params, wire) + _tensor_bytes(u.extras, wire) for u in outcome.updates)
+    return sum(_tensor_bytes(u.params) + _tensor_bytes(u.extras) for u in outcome.updates)
 
 
-def _sent_bytes(tasks: Mapping[int, ClientTask], wire: WireFormat = EXACT) -> int:
+def _sent_bytes(tasks: Mapping[int, ClientTask]) -> int:
     """Bytes of tensor data the server sent this round: each client's task, params and extras."""
-    return sum(_tensor_bytes(t.params, wire) + _tensor_bytes(t.extras, wire) for t in tasks.values())
+    return sum(_tensor_bytes(t.params) + _tensor_bytes(t.extras) for t in tasks.values())
 
 
 def last_accepted(history: list[dict[str, Any]]) -> dict[int, int]:
@@ -181,8 +179,8 @@ def run_rounds(
             "train_seconds": t_train,
             "aggregate_seconds": t_agg,
             "aggregation_error": agg_error,
-            "bytes_down": _sent_bytes(tasks, WireFormat.of(cfg.run)),
-            "bytes_up": _received_bytes(outcome, WireFormat.of(cfg.run)),
+            "bytes_down": _sent_bytes(tasks),
+            "bytes_up": _received_bytes(outcome),
             "clients": {str(u.client_id): {k: v for k, v in u.metrics.items()} | {"examples": u.num_examples}
                         for u in updates},
         }

@@ -121,7 +121,7 @@ def test_loopback_run_equals_simulator(flower_cfg, simulated, deployments, tmp_p
           f"{[round(r.metrics['round_seconds'], 2) for r in simulated.rounds]}")
     _check_equal(result, simulated)
     (dep,) = deployments
-    assert len(dep.procs) == 5  # superlink + 2 x (supernode, worker)
+    assert len(dep.procs) == 7  # superlink + 2 x (supernode, its resident ClientApp, worker)
     assert dep.tls == tls and (dep.certs != {}) == tls
     for name, proc in dep.procs.items():  # stopped by the launcher, process groups included
         assert proc.poll() is not None, name

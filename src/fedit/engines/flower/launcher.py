@@ -5,6 +5,13 @@ installation off. Each SuperNode gets its own data directory holding only its cl
 warm node worker that keeps the base model loaded across rounds; a worker that exits is restarted (supervise.py)
 while the ClientApps train in-process, any other process that exits ends the run. Processes are started in their
 own process groups and stopped by the PIDs started here, with bounded waits.
+
+Per-round overhead (issue 14): by default (`fast=True`) each SuperNode runs with `--isolation process` and one
+resident ClientApp process (resident.py, supervised like the worker) instead of a `flwr-clientapp` process per
+message, through fastnode.py, which caps the SuperNode's fixed 3 s idle poll at 0.1 s, and the ServerApp pulls
+replies every FAST_SERVER_POLL s. The run's status is asked of the SuperLink (`flwr ls`, a Python process each time)
+every STATUS_POLL s, and every 0.5 s only once the last round is in or the ServerApp wrote its error file.
+`fast=False` is Flower's stock setup (subprocess isolation, stock SuperNode).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ FLOWER_ENV = {
     "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
 }
 CONNECTION = "fedit-local"
+FAST_SERVER_POLL = 0.05  # seconds between the ServerApp's pulls for replies on the loopback (run config poll-interval)
+STATUS_POLL = 5.0  # seconds between `flwr ls` calls while rounds are running (each one starts a Python process)
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
@@ -151,25 +160,38 @@ class LoopbackDeployment:
     def start_worker(self, name: str, socket_path: Path, threads: int | None = None) -> None:
         """A warm node worker, restarted whenever it exits; `threads` pins its torch/OpenMP threads (co-located
         workers must share the cores: oversubscribed OpenMP threads made a loopback round ~9x slower)."""
-        wname = f"{name}-worker"
         cmd = [sys.executable, "-m", "fedit.engines.flower.worker", str(socket_path)]
+        self._supervise(f"{name}-worker", cmd, self.env | thread_env(threads))
+
+    def start_supernode(self, name: str, node_config: dict[str, Any], threads: int | None = None,
+                        fast: bool = False) -> None:
+        """A SuperNode; `threads` pins the ClientApps it runs (the cold path trains there).
+
+        `fast`: the SuperNode through fastnode.py (idle poll capped), `--isolation process`, and a resident
+        ClientApp process (resident.py, restarted whenever it exits) serving its Runtime API; else Flower's stock
+        SuperNode, which starts a `flwr-clientapp` process per message."""
+        cfg = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
+        runtime = f"127.0.0.1:{free_port()}"
+        head = [sys.executable, "-m", "fedit.engines.flower.fastnode"] if fast else [_bin("flower-supernode")]
+        cmd = head + ["--superlink", self.address, "--node-config", cfg, "--host", "127.0.0.1",
+                      "--port", runtime.rsplit(":", 1)[1], "--isolation", "process" if fast else "subprocess"]
+        cmd += ["--root-certificates", str(self.certs["ca"])] if self.tls else ["--insecure"]
         env = self.env | thread_env(threads)
+        self._spawn(name, cmd, env)
+        if fast:
+            self._supervise(f"{name}-clientapp", [sys.executable, "-m", "fedit.engines.flower.resident", runtime],
+                            env)
+
+    def _supervise(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
+        """Start `cmd` as `name`, restarted whenever it exits (its log appended to on restarts)."""
         first = [True]
 
         def spawn() -> subprocess.Popen:
-            proc = self._spawn(wname, cmd, env, append=not first[0])
+            proc = self._spawn(name, cmd, env, append=not first[0])
             first[0] = False
             return proc
 
-        self.supervised[wname] = Restarting(wname, spawn, self._note)
-
-    def start_supernode(self, name: str, node_config: dict[str, Any], threads: int | None = None) -> None:
-        """A SuperNode; `threads` pins the ClientApps it starts (the cold path trains there)."""
-        cfg = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
-        cmd = [_bin("flower-supernode"), "--superlink", self.address, "--node-config", cfg,
-               "--host", "127.0.0.1", "--port", str(free_port()), "--isolation", "subprocess"]
-        cmd += ["--root-certificates", str(self.certs["ca"])] if self.tls else ["--insecure"]
-        self._spawn(name, cmd, self.env | thread_env(threads))
+        self.supervised[name] = Restarting(name, spawn, self._note)
 
     def wait_port(self, port: int, name: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -245,13 +267,14 @@ def write_node_data(client_records: list[list[Any]], nodes: int, root: Path) -> 
 def run_flower(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = False, tls: bool = False,
                warm: bool = True, round_timeout: float = 600.0,
                round_grace: float = RUN_CONFIG_DEFAULTS["round-grace"], threads: int | None = None,
-               keep_work: bool = False, log: Any = None, on_deploy: Any = None) -> Any:
+               keep_work: bool = False, log: Any = None, on_deploy: Any = None, fast: bool = True) -> Any:
     """Run `cfg` on a loopback Flower deployment of `cfg.run.nodes` SuperNodes; returns a RunResult.
 
     The run directory is written by the ServerApp exactly as the simulator writes it. `threads` pins the torch
     threads of each node's training process (worker, and ClientApp on the cold path); by default the cores are
     shared among the nodes, unless OMP_NUM_THREADS is set. Results are bit-identical to the simulator's when it
-    runs with the same number of threads on the same CPU and torch build (see docs/deployment.md).
+    runs with the same number of threads on the same CPU and torch build (see docs/deployment.md). `fast` (the
+    default) cuts the per-round messaging cost (module docstring); False runs Flower's stock SuperNodes.
     """
     from fedit.engines.flower.appdir import write_app
     from fedit.pipeline import prepare_data
@@ -275,6 +298,8 @@ def run_flower(cfg: Config, *, resume: str | Path | None = None, overwrite: bool
                                             "num-clients": n_clients, "min-nodes": nodes,
                                             "discovery-timeout": 120.0, "round-timeout": round_timeout,
                                             "round-grace": round_grace,
+                                            "poll-interval": FAST_SERVER_POLL if fast
+                                            else RUN_CONFIG_DEFAULTS["poll-interval"],
                                             "error-file": str(error_file)})
         with LoopbackDeployment(work, tls=tls) as dep:
             if on_deploy is not None:  # tests keep a handle to stop and check the processes themselves
@@ -286,12 +311,12 @@ def run_flower(cfg: Config, *, resume: str | Path | None = None, overwrite: bool
                     sock = work / "sock" / f"node_{k}.sock"
                     dep.start_worker(f"node_{k}", sock, threads=per_node)
                     node_config["worker"] = str(sock)
-                dep.start_supernode(f"node_{k}", node_config, threads=per_node)
+                dep.start_supernode(f"node_{k}", node_config, threads=per_node, fast=fast)
             say(f"Flower loopback deployment: SuperLink {dep.address} ({'TLS' if tls else 'insecure, loopback'}), "
                 f"{nodes} SuperNodes, {n_clients} clients; logs in {dep.logs}")
             run_id = dep.submit(app)
             say(f"submitted Flower run {run_id}")
-            status, details = _wait_run(dep, run_id, out, say)
+            status, details = _wait_run(dep, run_id, out, say, cfg.run.rounds, error_file)
             if status != "finished:completed" or error_file.exists():
                 reason = error_file.read_text() if error_file.exists() else f"{status} {details}".strip()
                 raise ClientError(f"Flower run {run_id} did not complete ({status}): {reason}\n"
@@ -304,16 +329,37 @@ def run_flower(cfg: Config, *, resume: str | Path | None = None, overwrite: bool
     return collect_result(out, resume is not None)
 
 
-def _wait_run(dep: LoopbackDeployment, run_id: int, out: Path, say: Any) -> tuple[str, str]:
+def _wait_run(dep: LoopbackDeployment, run_id: int, out: Path, say: Any, rounds: int,
+              error_file: Path) -> tuple[str, str]:
+    """Until the SuperLink reports the run finished: supervision and round lines every 0.5 s; the status (`flwr ls`,
+    a Python process each time: on 2 cores a call every 0.5 s took a third of a core from training) every
+    STATUS_POLL s, and every 0.5 s once the last round is in or the ServerApp wrote its error file."""
     seen = 0
+    asked = float("-inf")  # the first status is asked at once
     while True:
         dep.check_alive()
         seen = _report_rounds(out, seen, say)
-        status, details = dep.run_status(run_id)
-        if status.startswith("finished"):
-            _report_rounds(out, seen, say)
-            return status, details
+        ending = error_file.exists() or _last_round(out) >= rounds
+        if ending or time.monotonic() - asked >= STATUS_POLL:
+            asked = time.monotonic()
+            status, details = dep.run_status(run_id)
+            if status.startswith("finished"):
+                _report_rounds(out, seen, say)
+                return status, details
         time.sleep(0.5)
+
+
+def _last_round(out: Path) -> int:
+    """The highest round in the run directory's metrics.jsonl (0 if none yet)."""
+    f = out / "metrics.jsonl"
+    last = 0
+    if f.is_file():
+        for line in f.read_text().splitlines():
+            try:
+                last = max(last, int(json.loads(line).get("round") or 0))
+            except (ValueError, TypeError, AttributeError):
+                continue
+    return last
 
 
 def _report_rounds(out: Path, seen: int, say: Any) -> int:

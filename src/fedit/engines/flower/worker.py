@@ -191,12 +191,17 @@ def serve_connection(conn: Connection, log: Callable[[str], None]) -> None:
     with conn:
         try:
             header, buffers = recv_frame(conn, time.time() + RECEIVE_WAIT)
+            t0 = time.perf_counter()
             log(f"round {header.get('round')}: training clients {header.get('clients')}")
             try:
                 reply = handle(header, buffers)
             except Exception as e:  # noqa: BLE001 - the whole request failed (bad config, data dir, a hang)
                 reply = ({"error": f"{type(e).__name__}: {e}"}, [])
             send_frame(conn, *reply)
+            r = reply[0]
+            log(f"round {header.get('round')}: answered in {time.perf_counter() - t0:.2f}s"
+                + (f" (train_clients {r['seconds']:.2f}s, model load {r['load_seconds']:.2f}s)" if "seconds" in r
+                   else ""))
         except (EOFError, OSError, ValueError) as e:  # TimeoutError is an OSError
             log(f"dropped a connection: {type(e).__name__}: {e}")
 
@@ -220,7 +225,7 @@ def accept_forever(listener: Any, on_connection: Callable[[Connection], None], l
 
 
 def _log(message: str) -> None:
-    print(f"fedit node worker: {message}", flush=True)
+    print(f"{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} fedit node worker: {message}", flush=True)
 
 
 def write_key(socket_path: str | Path) -> bytes:

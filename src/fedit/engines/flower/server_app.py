@@ -45,7 +45,7 @@ QUERY_WAIT = 10.0  # seconds a round start waits for new SuperNodes to say which
 
 
 def _log(message: str) -> None:
-    print(f"[fedit] {message}", flush=True)
+    print(f"[fedit] {time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} {message}", flush=True)
 
 
 class LogReporter:
@@ -325,6 +325,7 @@ class FlowerEngine:
 
     def _take(self, rnd: _Round, sent: Message, reply: Message) -> None:
         node = sent.metadata.dst_node_id
+        _log(f"round {rnd.idx}: node {node} replied for clients {_clients_of(sent)}")
         answer = read_reply(reply, node, _clients_of(sent))
         for cid, reason in answer.failures.items():
             rnd.fail(cid, reason, retriable=answer.answered)
@@ -387,6 +388,7 @@ class FlowerEngine:
             else:
                 send.append(cid)
         pending = self._send(rnd, send) if send else {}
+        _log(f"round {rnd.idx}: {len(pending)} message(s) sent")
 
         def on_reply(sent: Message, reply: Message) -> None:
             self._take(rnd, sent, reply)

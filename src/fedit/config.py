@@ -21,6 +21,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENGINES = ("simulation", "flower")
+WIRE_DTYPES = ("float32", "bfloat16", "int8")  # fedit.wire: how tensors cross between server and clients
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -125,6 +126,10 @@ class RunConfig:
     out: str = ""  # run directory; "" = runs/run-<date>-<time>
     engine: str = "simulation"  # simulation | flower
     nodes: int = 2  # flower loopback launcher: SuperNodes to start
+    # on the wire, both ways (fedit.wire): float32 (exact) | bfloat16 (half the bytes) | int8 (blockwise absmax
+    # 8-bit, a float32 scale per run.wire_block values: about a quarter); updates go up as the delta from the task
+    wire_dtype: str = "float32"
+    wire_block: int = 64
     eval_every: int = 0  # evaluate the global model every K rounds (0 = only base and final)
     eval_limit: int | None = None  # held-out items used by in-loop evaluation (None = all)
     eval_generate: bool = True  # generation-based scores in addition to loss
@@ -265,6 +270,8 @@ class Config:
             (r.seed >= 0, "run.seed", r.seed, "an integer >= 0"),
             (r.engine in ENGINES, "run.engine", r.engine, ", ".join(ENGINES)),
             (r.nodes >= 1, "run.nodes", r.nodes, "an integer >= 1"),
+            (r.wire_dtype in WIRE_DTYPES, "run.wire_dtype", r.wire_dtype, ", ".join(WIRE_DTYPES)),
+            (r.wire_block >= 8, "run.wire_block", r.wire_block, "an integer >= 8"),
             (r.eval_every >= 0, "run.eval_every", r.eval_every, "an integer >= 0"),
             (c.batch_size >= 1, "client.batch_size", c.batch_size, "an integer >= 1"),
             (c.micro_batch_size >= 1, "client.micro_batch_size", c.micro_batch_size, "an integer >= 1"),

@@ -19,7 +19,7 @@ RUN_OPTION_KEYS: dict[str, str] = {
     "data": "data.source", "format": "data.format", "field": "data.fields", "test_data": "data.test_source",
     "template": "data.template", "cutoff_len": "data.cutoff_len", "train_on_inputs": "data.train_on_inputs",
     "on_invalid": "data.on_invalid", "fault": "run.faults", "max_client_examples": "run.max_client_examples",
-    "report_to": "run.report_to", "packing": "data.packing",
+    "report_to": "run.report_to", "wire_dtype": "run.wire_dtype", "packing": "data.packing",
     "gradient_checkpointing": "client.gradient_checkpointing",
     "clients": "partition.clients", "partition": "partition.scheme", "alpha": "partition.alpha",
     "partition_field": "partition.field", "test_size": "partition.test_size",
@@ -160,6 +160,8 @@ def run_command(
     eval_limit: int = typer.Option(None, help="Held-out items used in evaluation."),
     engine: str = typer.Option(None, help="simulation (in-process) | flower (loopback deployment)"),
     nodes: int = typer.Option(None, help="Flower: SuperNodes to start on loopback."),
+    wire_dtype: str = typer.Option(None, help="Tasks and updates on the wire: float32 | bfloat16 (half the bytes) "
+                                              "| int8 (blockwise 8-bit, about a quarter)."),
     packing: bool = typer.Option(None, "--packing/--no-packing", help="Pack several examples per row (no "
                                  "attention across examples)."),
     gradient_checkpointing: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",

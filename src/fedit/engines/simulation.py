@@ -11,12 +11,13 @@ from fedit.data.lengths import LengthCounts, LengthReport
 from fedit.data.records import Record
 from fedit.data.templates import Template
 from fedit.data.tokenize import TokenizedData, tokenize_records
-from fedit.engines.base import ClientProgress, RoundOutcome
+from fedit.engines.base import ClientProgress, RoundOutcome, UpdateSink
 from fedit.errors import FeditError
 from fedit.faults import FaultPlan
 from fedit.model.base_delta import BaseWeights
 from fedit.strategies.base import ClientPlan, RoundContext
 from fedit.types import ClientTask, Params
+from fedit.wire import WireError, WireFormat, receive_tasks, round_trip_update, send_tasks
 
 
 class ClientDataCache:
@@ -50,7 +51,8 @@ class SimulationEngine:
     other exception: an out-of-memory, a peft error) drops that client only. Injected faults (`run.faults`) act
     here as they act on a Flower node: before and after the client's local training. Clients' own state is read
     through `load_state(client, round)` (the copy saved with the last round whose update from that client was
-    accepted, `task.config["state_round"]`) and returned in the outcome, to be saved with this round."""
+    accepted, `task.config["state_round"]`) and returned in the outcome, to be saved with this round. Tasks and
+    updates go through the same wire encoding as on Flower (fedit.wire, `run.wire_dtype`)."""
 
     def __init__(self, trainer: LocalTrainer, data: ClientDataCache, cfg: Config, plan: ClientPlan | None = None,
                  load_state: Callable[[int, int], Params] | None = None) -> None:
@@ -60,13 +62,15 @@ class SimulationEngine:
         self.num_clients = len(data)
         self.faults = FaultPlan(cfg.run.faults)
         self.base = trainer.base or BaseWeights(trainer.model)
+        self.wire = WireFormat.of(cfg.run)
 
     def set_base_delta(self, delta: Params) -> None:
         self.base.apply(delta)
 
-    def train_round(self, ctx: RoundContext, tasks: dict[int, ClientTask],
-                    progress: ClientProgress | None = None) -> RoundOutcome:
+    def train_round(self, ctx: RoundContext, tasks: dict[int, ClientTask], progress: ClientProgress | None = None,
+                    sink: UpdateSink | None = None) -> RoundOutcome:
         outcome = RoundOutcome(updates=[])
+        tasks = receive_tasks(send_tasks(tasks, self.wire), self.wire)  # what a Flower client would train from
         for cid, task in sorted(tasks.items()):
             on_step = (lambda s, t, loss, cid=cid: progress(cid, s, t, loss)) if progress else None
             if self.faults.hangs(ctx.round, cid):
@@ -85,7 +89,16 @@ class SimulationEngine:
                 outcome.failures[cid] = f"{type(e).__name__}: {e}"
                 _release_device_memory()
                 continue
-            outcome.updates.append(self.faults.after_training(update, ctx.round))
+            try:  # encoded and decoded as on Flower (run.wire_dtype; float32: unchanged)
+                update = round_trip_update(self.faults.after_training(update, ctx.round), task, self.wire)
+            except WireError as e:
+                outcome.failures[cid] = f"update could not be decoded: {e}"
+                continue
+            if sink is not None:  # folded at once; nothing of it is kept here
+                sink(update)
+            else:
+                outcome.updates.append(update)
+            del update
             kept = local if local is not None else loaded  # None: the state stays as it was (saved again)
             if kept:
                 outcome.client_state[cid] = kept

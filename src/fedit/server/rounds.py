@@ -1,4 +1,5 @@
-"""The round loop: sample -> train (engine) -> aggregate (strategy) -> evaluate -> checkpoint. Engine-agnostic."""
+"""The round loop: sample -> train (engine; updates folded into the strategy's accumulator as they arrive) ->
+aggregate (strategy) -> evaluate -> checkpoint. Engine-agnostic."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from fedit.engines.base import Engine, RoundOutcome
 from fedit.errors import ClientError
 from fedit.model.base_delta import BaseWeights
 from fedit.server.checkpoint import RunStore
+from fedit.server.collect import RoundCollector
 from fedit.server.sampling import sample_clients
 from fedit.server.validate import update_problem
-from fedit.strategies._math import aggregation_error
+from fedit.strategies._math import AggregationErrorAccumulator
 from fedit.strategies.base import RoundContext, State, Strategy
-from fedit.types import ClientTask, ClientUpdate, Params, RoundResult, payload_bytes
+from fedit.types import ClientTask, ClientUpdate, Params, RoundResult
+from fedit.wire import EXACT, WireFormat, wire_bytes
 
 Evaluate = Callable[[Params], dict[str, Any]]
 
@@ -74,20 +77,21 @@ def screen_updates(round_idx: int, sampled: list[int], outcome: RoundOutcome, ex
     return [accepted[c] for c in sorted(accepted)], failures
 
 
-def _tensor_bytes(tensors: Any) -> int:
+def _tensor_bytes(tensors: Any, wire: WireFormat = EXACT) -> int:
+    """Bytes of tensor data in `tensors` as they cross the wire in `wire` (run.wire_dtype: float32 as held)."""
     if not isinstance(tensors, Mapping):
         return 0
-    return payload_bytes({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)})
+    return wire_bytes(tensors, wire)
 
 
-def _received_bytes(outcome: RoundOutcome) -> int:
+def _received_bytes(outcome: RoundOutcome, wire: WireFormat = EXACT) -> int:
     """Bytes of tensor data the server received this round (params and extras), rejected updates included."""
-    return sum(_tensor_bytes(u.params) + _tensor_bytes(u.extras) for u in outcome.updates)
+    return sum(_tensor_bytes(u.params, wire) + _tensor_bytes(u.extras, wire) for u in outcome.updates)
 
 
-def _sent_bytes(tasks: Mapping[int, ClientTask]) -> int:
+def _sent_bytes(tasks: Mapping[int, ClientTask], wire: WireFormat = EXACT) -> int:
     """Bytes of tensor data the server sent this round: each client's task, params and extras."""
-    return sum(_tensor_bytes(t.params) + _tensor_bytes(t.extras) for t in tasks.values())
+    return sum(_tensor_bytes(t.params, wire) + _tensor_bytes(t.extras, wire) for t in tasks.values())
 
 
 def last_accepted(history: list[dict[str, Any]]) -> dict[int, int]:
@@ -124,9 +128,11 @@ def run_rounds(
 ) -> tuple[Params, State, list[RoundResult]]:
     """Run rounds start_round+1 .. cfg.run.rounds; every finished round is checkpointed before the next starts.
 
-    Each round: the strategy configures a task per sampled client, the engine trains them, every update is
-    validated (`screen_updates`) before the strategy aggregates, and the round is saved with the clients' new state
-    and the cumulative base delta. `example_bounds` maps a client id to the number of examples the server assigned
+    Each round: the strategy configures a task per sampled client, the engine trains them and hands each update
+    to a `RoundCollector` as it arrives, which validates it at once (the rules of `screen_updates`), notes its
+    metrics and folds it into the strategy's accumulator and the aggregation-error metric's (a streaming strategy
+    thus holds no update past its arrival); the round is saved with the clients' new state and the cumulative
+    base delta. `example_bounds` maps a client id to the number of examples the server assigned
     it, the most that client may claim. `base` is the server's own model's base (evaluation sees the base delta).
     """
     rep = reporter or NullReporter()
@@ -140,23 +146,31 @@ def run_rounds(
         ctx = RoundContext(r, cfg.run.seed, engine.num_clients, tuple(sampled), run_id)
         rep.round_start(r, cfg.run.rounds, sampled)
         tasks = with_state_round(strategy.configure(ctx, params, state), accepted)
-        outcome = engine.train_round(ctx, tasks, rep.client_step)
         expected, expected_extras = strategy.expected_update(params)
-        updates, failures = screen_updates(r, sampled, outcome, expected, bounds, cfg.run.max_client_examples,
-                                           expected_extras)
-        for cid, reason in sorted(failures.items()):
+        acc = strategy.accumulator(ctx, params, state)
+        err = AggregationErrorAccumulator(params, ctx.rng("aggregation_error"))
+        wire = WireFormat.of(cfg.run)
+        collect = RoundCollector(r, sampled, expected, expected_extras, bounds, cfg.run.max_client_examples,
+                                 [acc, err], lambda u, w=wire: _tensor_bytes(u.params, w) + _tensor_bytes(u.extras, w))
+        outcome = engine.train_round(ctx, tasks, rep.client_step, sink=collect)  # folded as they arrive
+        collect.add_all(outcome.updates)  # none from an engine that took the sink
+        failures = collect.failures(outcome.failures)
+        replied = collect.replied()
+        for cid, reason in failures.items():
             rep.log(f"round {r}: client {cid} dropped: {reason}")
-        if len(updates) < cfg.run.min_clients:
+        for cid, n in sorted(collect.repeats().items()):
+            rep.log(f"round {r}: client {cid} sent {n} updates; the first was aggregated, the others dropped")
+        if len(replied) < cfg.run.min_clients:
             raise ClientError(
-                f"round {r}: only {len(updates)} of {len(sampled)} sampled clients sent a usable update, "
+                f"round {r}: only {len(replied)} of {len(sampled)} sampled clients sent a usable update, "
                 f"min_clients is {cfg.run.min_clients}; the run stopped after round {r - 1}, "
                 f"which is saved: fix the cause and resume with --resume {store.root}"
             )
-        t_train = time.perf_counter() - t_round
+        t_train = time.perf_counter() - t_round - collect.fold_seconds
 
         t0 = time.perf_counter()
-        agg_error = aggregation_error(params, updates)
-        agg = strategy.aggregate(ctx, params, updates, state)  # updates sorted by id: same bits everywhere
+        agg_error = err.result()
+        agg = acc.result()  # independent of arrival order: the same bits on every engine
         params, state = agg.params, agg.state
         if agg.base_delta:  # cumulative, in float32: every client sets W0 + delta afresh
             for k, v in agg.base_delta.items():
@@ -164,26 +178,26 @@ def run_rounds(
             if base is not None:
                 base.apply(delta)
             engine.set_base_delta(delta)
-        t_agg = time.perf_counter() - t0
+        t_agg = time.perf_counter() - t0 + collect.fold_seconds
 
-        n_total = sum(u.num_examples for u in updates)
         metrics: dict[str, Any] = {
             "round": r,
             "sampled": sampled,
-            "replied": [u.client_id for u in updates],
-            "failed": {str(k): v for k, v in sorted(failures.items())},
-            "train_loss": sum(u.metrics["loss"] * u.num_examples for u in updates) / n_total,
-            "examples": n_total,
-            "tokens": int(sum(u.metrics.get("tokens", 0) for u in updates)),
-            "client_train_seconds": sum(u.metrics.get("seconds", 0.0) for u in updates),
+            "replied": replied,
+            "failed": {str(k): v for k, v in failures.items()},
+        }
+        summary = collect.summary()
+        clients = summary.pop("clients")
+        metrics |= summary | {
             "train_seconds": t_train,
             "aggregate_seconds": t_agg,
             "aggregation_error": agg_error,
-            "bytes_down": _sent_bytes(tasks),
-            "bytes_up": _received_bytes(outcome),
-            "clients": {str(u.client_id): {k: v for k, v in u.metrics.items()} | {"examples": u.num_examples}
-                        for u in updates},
+            "bytes_down": _sent_bytes(tasks, wire),
+            "bytes_up": collect.bytes_up,
+            "clients": clients,
         }
+        if not err.exact:
+            metrics["aggregation_error_sketch_columns"] = err.columns  # an estimate (strategies/_math.py)
         if agg.metrics:
             metrics["strategy"] = dict(agg.metrics)
         if evaluate is not None and cfg.run.eval_every and r % cfg.run.eval_every == 0 and r != cfg.run.rounds:

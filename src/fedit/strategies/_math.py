@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from fedit.errors import AggregationError
@@ -54,27 +55,93 @@ def lora_pairs(keys: Sequence[str] | Mapping[str, object]) -> list[tuple[str, st
     return out
 
 
-def aggregation_error(global_params: Params, updates: Sequence[ClientUpdate]) -> float:
+DENSE_BUDGET_BYTES = 256 * 2**20  # accumulator state for the exact path: 16 bytes per d_out x d_in element
+SKETCH_COLUMNS = (32, 128)  # the sketch's columns s: as many as the budget allows, within these bounds
+
+
+class AggregationErrorAccumulator:
+    """The round metric ||M - B_bar A_bar||_F / ||M||_F, M = sum_k p_k B_k A_k, over all LoRA modules, folded in one
+    update at a time in memory O(1) in the number of clients (0 if the products are 0).
+
+    Per module it keeps sum_k n_k A_k and sum_k n_k B_k and, when every module's dense d_out x d_in accumulator
+    fits `budget_bytes` (16 bytes per element), sum_k n_k B_k A_k itself: the metric is then exact. Otherwise it is
+    an estimate from a Gaussian sketch: with Omega (d_in x s, N(0, 1) entries, one per input width, drawn from
+    `rng`), it keeps sum_k n_k B_k (A_k Omega) (d_out x s) and uses E ||X Omega||_F^2 = s ||X||_F^2 for numerator
+    and denominator alike (relative error of each squared norm about sqrt(2 / (s * stable rank)); s is as large as
+    the budget allows within SKETCH_COLUMNS). Sums are order-independent (`ExactSum`), so every engine reports the
+    same value. A tensor the updates do not carry (FFA-LoRA's frozen A) is the global one; then M = B_bar A exactly
+    and the numerator is 0 without any dense work.
+    """
+
+    def __init__(self, global_params: Params, rng: np.random.Generator | None = None,
+                 budget_bytes: int = DENSE_BUDGET_BYTES) -> None:
+        from fedit.strategies.accumulate import ExactSum
+
+        self.g = global_params
+        self.pairs = lora_pairs(global_params)
+        dense = sum(16 * global_params[kb].shape[0] * global_params[ka].shape[1] for ka, kb in self.pairs)
+        self.exact = dense <= budget_bytes
+        self.columns = 0
+        self.omega: dict[int, torch.Tensor] = {}
+        if not self.exact:
+            rows = sum(global_params[kb].shape[0] for _, kb in self.pairs)
+            lo, hi = SKETCH_COLUMNS
+            self.columns = int(min(hi, max(lo, budget_bytes // max(1, 16 * rows))))
+            gen = rng if rng is not None else np.random.default_rng(0)
+            for d_in in sorted({global_params[ka].shape[1] for ka, _ in self.pairs}):
+                self.omega[d_in] = torch.from_numpy(gen.standard_normal((d_in, self.columns)))
+        self.sums = ExactSum()  # n_k A_k and n_k B_k for every sent tensor
+        self.products = ExactSum()  # n_k B_k A_k (exact) or n_k B_k A_k Omega (sketch), per module
+        self.fixed: set[str] | None = None  # tensors the updates do not carry (decided by the first update)
+
+    def add(self, update: ClientUpdate) -> None:
+        n = update.num_examples
+        keys = {k for pair in self.pairs for k in pair if k not in update.params}
+        if self.fixed is None:
+            self.fixed = keys
+        elif keys != self.fixed:
+            raise AggregationError(f"client {update.client_id}: carries other LoRA tensors than the round's first "
+                                   "update")
+        self.sums.add({k: update.params[k] for pair in self.pairs for k in pair if k not in self.fixed}, n)
+        prods = {}
+        for ka, kb in self.pairs:
+            if ka in self.fixed or kb in self.fixed:
+                continue
+            a = update.params[ka].to(torch.float64)
+            nb = update.params[kb].to(torch.float64) * n
+            prods[kb] = nb @ a if self.exact else nb @ (a @ self.omega[a.shape[1]])
+        self.products.add(prods)
+
+    def result(self) -> float:
+        if not self.sums.count:
+            raise AggregationError("no client updates to aggregate")
+        n = self.sums.weight
+        means = self.sums.mean()
+        prods = self.products.total()
+        num = den = 0.0
+        for ka, kb in self.pairs:
+            a = means.get(ka, self.g[ka].to(torch.float64))
+            b = means.get(kb, self.g[kb].to(torch.float64))
+            if kb not in prods:  # one factor is the same for every client: M = B_bar A_bar exactly
+                den += float(torch.trace((b.T @ b) @ (a @ a.T)))
+                continue
+            m = prods[kb] / n
+            fedavg = b @ a if self.exact else b @ (a @ self.omega[a.shape[1]])
+            num += float(((m - fedavg) ** 2).sum())
+            den += float((m * m).sum())
+        return (max(num, 0.0) ** 0.5) / (den ** 0.5) if den > 0 else 0.0
+
+
+def aggregation_error(global_params: Params, updates: Sequence[ClientUpdate],
+                      budget_bytes: int = DENSE_BUDGET_BYTES, rng: np.random.Generator | None = None) -> float:
     """||sum_k p_k B_k A_k - B_bar A_bar||_F / ||sum_k p_k B_k A_k||_F over all LoRA modules (0 if the products are 0).
 
     The numerator is the weighted cross-covariance of the clients' deviations that averaging A and B separately
-    (FedIT) leaves out. It is computed from r x r products only, never a d_out x d_in matrix:
-    ||sum_k p_k B_k A_k||^2 = sum_{k,l} p_k p_l tr((B_k^T B_l)(A_l A_k^T)), and likewise for the cross term. A tensor a
-    client did not send (FFA-LoRA's frozen A) is the global one.
+    (FedIT) leaves out. Computed by `AggregationErrorAccumulator`: exact while the dense products fit
+    `budget_bytes`, a seeded sketch estimate beyond. A tensor a client did not send (FFA-LoRA's frozen A) is the
+    global one.
     """
-    p = weights(updates)
-    num = den = 0.0
-    for ka, kb in lora_pairs(global_params):
-        a = [u.params.get(ka, global_params[ka]).to(torch.float64) for u in updates]
-        b = [u.params.get(kb, global_params[kb]).to(torch.float64) for u in updates]
-        a_bar = sum(w * x for w, x in zip(p, a, strict=True))
-        b_bar = sum(w * x for w, x in zip(p, b, strict=True))
-        bb = torch.stack([torch.stack([bk.T @ bl for bl in b]) for bk in b])  # [k, l] = B_k^T B_l   (r x r)
-        aa = torch.stack([torch.stack([al @ ak.T for al in a]) for ak in a])  # [k, l] = A_l A_k^T
-        pp = torch.tensor(p, dtype=torch.float64)
-        mm = float(torch.einsum("k,l,klij,klji->", pp, pp, bb, aa))  # ||M||^2, M = sum p_k B_k A_k
-        cross = float(sum(w * torch.trace((bk.T @ b_bar) @ (a_bar @ ak.T)) for w, ak, bk in zip(p, a, b, strict=True)))
-        ff = float(torch.trace((b_bar.T @ b_bar) @ (a_bar @ a_bar.T)))  # ||B_bar A_bar||^2
-        num += max(0.0, mm - 2.0 * cross + ff)
-        den += mm
-    return (num ** 0.5) / (den ** 0.5) if den > 0 else 0.0
+    acc = AggregationErrorAccumulator(global_params, rng, budget_bytes)
+    for u in updates:
+        acc.add(u)
+    return acc.result()

@@ -1,5 +1,6 @@
 """The strategy contract (v2, docs/architecture.md): round context, tasks down, updates up, a client plan with
-per-round session hooks, per-client state, and a pure aggregation that may report metrics and a base delta.
+per-round session hooks, per-client state, and a pure aggregation that may report metrics and a base delta; the
+aggregation runs through an accumulator the round loop feeds one update at a time (buffering by default).
 
 A strategy is one file: a config dataclass and a `Strategy` subclass registered together with `register(name,
 ConfigClass)`; the config becomes the `[strategy.<name>]` table and `--strategy-opt key=value`.
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from fedit.registry import Registry
+from fedit.strategies.accumulate import Accumulator, BufferingAccumulator
 from fedit.types import ClientTask, ClientUpdate, Params
 
 if TYPE_CHECKING:
@@ -125,9 +127,18 @@ class Strategy:
         """Templates (keys, shapes, dtypes) of what a client must send back: (params, extras)."""
         return {k: global_params[k] for k in self.shared_keys(global_params)}, {}
 
+    def accumulator(self, ctx: RoundContext, global_params: Params, state: State) -> Accumulator:
+        """This round's aggregation in progress: the round loop `add`s each validated update as an engine delivers
+        it (in arrival order) and takes `result()` once. The default buffers the updates and calls `aggregate` on
+        them sorted by client id (memory O(K): right for rules that need every update, such as robust
+        aggregators); a rule that can fold updates in one at a time (a weighted mean) overrides this with a
+        `StreamingAccumulator` whose result does not depend on the order of the adds (strategies/accumulate.py)."""
+        return BufferingAccumulator(lambda updates: self.aggregate(ctx, global_params, updates, state))
+
     def aggregate(self, ctx: RoundContext, global_params: Params, updates: Sequence[ClientUpdate],
                   state: State) -> Aggregate:
-        """The new global adapter from this round's (validated, id-sorted) updates; must not mutate its inputs."""
+        """The new global adapter from this round's (validated, id-sorted) updates; must not mutate its inputs. A
+        streaming strategy implements it as `fold(self.accumulator(...), updates)`."""
         raise NotImplementedError
 
     # -- client side ---------------------------------------------------------------------------------------------

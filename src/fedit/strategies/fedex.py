@@ -17,6 +17,10 @@ examples, not the uniform mean; the residual is transposed only for fan_in_fan_o
 always, right for GPT-2's Conv1D, wrong for nn.Linear, unseen on its square symmetric cases). Plain averaging only:
 no server optimizer is defined for this rule. The scaling and layout of each module come from the server's model
 (`bind_model`, called by the pipeline before the run starts); a 4/8-bit quantized base is refused there. No settings.
+
+Memory: FedEx-LoRA keeps the default buffering accumulator (all of a round's updates are held until it ends):
+R needs sum_k p_k B_k A_k, which only a dense d_out x d_in accumulator per module could stream, at 16 bytes per
+base weight element; on the adapters fedit trains the K updates are far smaller than that for any K a round has.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ The paper writes the unweighted mean of the client changes; fedit (like Flower) 
 with FedAvg. Each LoRA tensor (A and B) is stepped element-wise and independently. A subclass implements
 `step(key, delta, state, t)` returning the step and its new state entries; `t` counts server steps from 1
 (for bias correction), kept in the state as `t` so a resumed run continues exactly.
+
+Streaming: the round's weighted mean is accumulated update by update, order-independently (strategies/accumulate.py),
+and the server optimizer steps once on it at the end of the round.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fedit.strategies._math import check_updates, weighted_average
+from fedit.strategies.accumulate import Accumulator, MeanAccumulator, fold
 from fedit.strategies.base import Aggregate, RoundContext, State, Strategy
 from fedit.types import ClientUpdate, Params
 
@@ -50,15 +53,20 @@ class FedOpt(Strategy):
         """(step to add to the global tensor, new state entries) for one tensor; `delta` is float32."""
         raise NotImplementedError
 
+    def accumulator(self, ctx: RoundContext, global_params: Params, state: State) -> Accumulator:
+        expected, extras = self.expected_update(global_params)
+        return MeanAccumulator(expected, extras, lambda avg: self.server_step(global_params, avg, state))
+
     def aggregate(self, ctx: RoundContext, global_params: Params, updates: Sequence[ClientUpdate],
                   state: State) -> Aggregate:
-        expected, extras = self.expected_update(global_params)
-        check_updates(expected, updates, extras)
-        avg = weighted_average(updates)
+        return fold(self.accumulator(ctx, global_params, state), updates)
+
+    def server_step(self, global_params: Params, avg: Params, state: State) -> Aggregate:
+        """x_{t+1} = x_t + step(delta_t) per shared tensor, from the round's float64 weighted mean `avg`."""
         t = int(state["t"]) + 1
         new_params = dict(global_params)
         new_state: State = {"t": torch.tensor(t, dtype=torch.int64)}
-        for k in expected:
+        for k in [k for k in global_params if k in avg]:  # the global adapter's key order
             w = global_params[k]
             delta = (avg[k] - w.to(torch.float64)).to(torch.float32)
             step, entries = self.step(k, delta, state, t)

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from fedit.errors import AggregationError
-from fedit.strategies._math import check_updates, weighted_average
+from fedit.strategies.accumulate import Accumulator, ExactSum, StreamingAccumulator, fold
 from fedit.strategies.base import Aggregate, ClientPlan, ClientSession, RoundContext, State, Strategy, register
 from fedit.types import ClientTask, ClientUpdate, Params
 
@@ -122,28 +122,44 @@ class Scaffold(Strategy):
         return ({k: global_params[k] for k in keys},
                 {k: torch.zeros_like(global_params[k], dtype=torch.float32) for k in keys})
 
-    def aggregate(self, ctx: RoundContext, global_params: Params, updates: Sequence[ClientUpdate],
-                  state: State) -> Aggregate:
-        expected, extras = self.expected_update(global_params)
-        check_updates(expected, updates, extras)
+    def accumulator(self, ctx: RoundContext, global_params: Params, state: State) -> Accumulator:
         n = int(state["num_clients"])
         if n < 1 or ctx.num_clients != n:
             raise AggregationError(f"SCAFFOLD's state was made for {n} clients, this run has {ctx.num_clients}")
-        avg = weighted_average(updates)
-        eta = self.cfg.server_lr
-        new_params = dict(global_params)
-        new_state: State = {"num_clients": state["num_clients"].clone()}
-        sq = 0.0
-        for k in expected:
-            x = global_params[k].to(torch.float64)
-            new_params[k] = (x + eta * (avg[k] - x)).to(global_params[k].dtype)
-            total = torch.zeros_like(x)
-            for u in updates:  # id order: the same bits on every engine
-                total.add_(u.extras[k].to(torch.float64))
-            c = (state[_c(k)].to(torch.float64) + total / n).to(torch.float32)
-            new_state[_c(k)] = c
-            sq += float((c.to(torch.float64) ** 2).sum())
-        return Aggregate(new_params, new_state, {"c_norm": sq ** 0.5})
+        expected, extras = self.expected_update(global_params)
+        return ScaffoldAccumulator(self.cfg.server_lr, global_params, state, expected, extras)
+
+    def aggregate(self, ctx: RoundContext, global_params: Params, updates: Sequence[ClientUpdate],
+                  state: State) -> Aggregate:
+        return fold(self.accumulator(ctx, global_params, state), updates)
 
     def client_plan(self) -> ClientPlan:
         return ScaffoldPlan()
+
+
+class ScaffoldAccumulator(StreamingAccumulator):
+    """Streams the round: the example-weighted sum of the y_i and the plain sum of the delta_c_i, each an
+    order-independent exact sum (strategies/accumulate.py), so any arrival order gives the same bits."""
+
+    def __init__(self, eta: float, global_params: Params, state: State, expected: Params, extras: Params) -> None:
+        super().__init__(expected, extras)
+        self.eta, self.global_params, self.state = eta, global_params, state
+        self.y, self.dc = ExactSum(), ExactSum()
+
+    def fold(self, update: ClientUpdate) -> None:
+        self.y.add(update.params, update.num_examples)
+        self.dc.add(update.extras)
+
+    def finish(self) -> Aggregate:
+        n = int(self.state["num_clients"])
+        avg, total = self.y.mean(), self.dc.total()
+        new_params = dict(self.global_params)
+        new_state: State = {"num_clients": self.state["num_clients"].clone()}
+        sq = 0.0
+        for k in self.expected:
+            x = self.global_params[k].to(torch.float64)
+            new_params[k] = (x + self.eta * (avg[k] - x)).to(self.global_params[k].dtype)
+            c = (self.state[_c(k)].to(torch.float64) + total[k] / n).to(torch.float32)
+            new_state[_c(k)] = c
+            sq += float((c.to(torch.float64) ** 2).sum())
+        return Aggregate(new_params, new_state, {"c_norm": sq ** 0.5})

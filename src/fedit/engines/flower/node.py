@@ -189,14 +189,17 @@ def train_clients(cfg: Config, node_config: dict[str, Any], round_idx: int, task
 
     First the base is set to W0 + `base_delta`. For each client, in id order: the run's faults before training
     (`slow` sleeps, `crash` raises), its task trained, the faults after training (the update as a faulty client
-    would send it). One client's failure is reported with its
+    would send it), the update encoded for the wire (fedit.wire: tasks arrive encoded in run.wire_dtype and are
+    decoded first; the update goes up as the delta from them). One client's failure is reported with its
     reason, never raised. A `hang` fault makes the whole node hold the message until its deadline has passed and
     then raise NodeHeld. Clients not started before `deadline` (epoch seconds) are reported as failed unstarted.
     """
     from fedit.faults import FaultPlan
+    from fedit.wire import WireFormat, receive_tasks, send_update
 
     t0 = time.perf_counter()
     faults = FaultPlan(cfg.run.faults)
+    wire = WireFormat.of(cfg.run)
     clients = sorted(tasks)
     held = [c for c in clients if faults.hangs(round_idx, c)]
     if held:
@@ -209,14 +212,15 @@ def train_clients(cfg: Config, node_config: dict[str, Any], round_idx: int, task
     except Exception as e:  # noqa: BLE001 - a delta this model cannot take fails this node's clients
         report.failed = dict.fromkeys(clients, f"the base delta cannot be applied on this node: {_failure(e)}")
         return report
+    received = receive_tasks(tasks, wire)  # the tasks as sent (run.wire_dtype), decoded: what the clients train from
     for cid in clients:
         if time.time() >= deadline:
             report.failed[cid] = f"not started: the round's deadline passed on the node (round {round_idx})"
             continue
         try:
             faults.before_training(round_idx, cid)
-            update = worker.train(round_idx, cid, tasks[cid], run_id)
-            report.updates.append(faults.after_training(update, round_idx))
+            update = worker.train(round_idx, cid, received[cid], run_id)
+            report.updates.append(send_update(faults.after_training(update, round_idx), received[cid], wire))
         except Exception as e:  # noqa: BLE001 - any crash of one client is that client's failure
             report.failed[cid] = _failure(e)
     report.seconds = time.perf_counter() - t0

@@ -32,13 +32,14 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedit.config import Config
-from fedit.engines.base import ClientProgress, RoundOutcome
+from fedit.engines.base import ClientProgress, RoundOutcome, UpdateSink
 from fedit.engines.flower.protocol import config_from_run_config, run_setting
 from fedit.engines.flower.records import put_tasks
 from fedit.engines.flower.replies import hosted_clients, read_reply, short
 from fedit.errors import ClientError, ConfigError, FeditError
 from fedit.strategies.base import RoundContext
 from fedit.types import ClientTask, ClientUpdate, Params
+from fedit.wire import EXACT, WireError, WireFormat, receive_tasks, receive_update, send_tasks
 
 MIN_TTL = 0.1  # a message with less time left is not sent (and Flower would read a ttl of 0 as its 12 h default)
 QUERY_WAIT = 10.0  # seconds a round start waits for new SuperNodes to say which clients they host
@@ -221,6 +222,10 @@ class _Round:
     retriable: set[int] = field(default_factory=set)  # failed clients whose node answered: worth a retry
     plausible: set[int] = field(default_factory=set)  # updates that would pass the round loop's checks
     tries: dict[int, int] = field(default_factory=dict)  # retries sent per client
+    sink: UpdateSink | None = None  # the round loop's: takes each update as it is read (then not kept here)
+    replied: set[int] = field(default_factory=set)  # clients whose update went to the sink
+    sent: dict[int, ClientTask] = field(default_factory=dict)  # the tasks as they go on the wire (fedit.wire)
+    received: dict[int, ClientTask] = field(default_factory=dict)  # `sent` decoded: what each client trains from
 
     def fail(self, cid: int, reason: str, retriable: bool = False) -> None:
         self.failures[cid] = reason
@@ -230,7 +235,10 @@ class _Round:
 
     def succeed(self, update: ClientUpdate, plausible: bool) -> None:
         cid = update.client_id
-        self.updates[cid] = update
+        if self.sink is None:
+            self.updates[cid] = update
+        else:
+            self.replied.add(cid)
         self.failures.pop(cid, None)
         self.retriable.discard(cid)
         (self.plausible.add if plausible else self.plausible.discard)(cid)
@@ -245,10 +253,11 @@ class FlowerEngine:
 
     def __init__(self, grid: Grid, hosted: dict[int, list[int]], *, round_timeout: float, poll: float,
                  retries: int, min_clients: int, round_grace: float = 5.0, query_ttl: float = 300.0,
-                 query_wait: float = QUERY_WAIT, max_examples: int | None = None) -> None:
+                 query_wait: float = QUERY_WAIT, max_examples: int | None = None, wire: WireFormat = EXACT) -> None:
         self.grid, self.round_timeout, self.poll, self.retries = grid, round_timeout, poll, retries
         self.min_clients, self.round_grace, self.max_examples = min_clients, round_grace, max_examples
         self.query_ttl, self.query_wait = query_ttl, query_wait
+        self.wire = wire  # run.wire_dtype: tasks go encoded, updates are decoded against what was sent
         self.node_of = {c: node for node, cs in hosted.items() for c in cs}
         self.num_clients = len(self.node_of)
         self.asked = set(hosted)  # node ids whose clients are known, or that were asked
@@ -307,7 +316,7 @@ class FlowerEngine:
         msgs = []
         for node, cids in sorted(by_node.items()):
             rd = RecordDict()
-            put_tasks(rd, rnd.idx, rnd.run_id, {c: rnd.tasks[c] for c in cids}, self.base_delta)
+            put_tasks(rd, rnd.idx, rnd.run_id, {c: rnd.sent[c] for c in cids}, self.base_delta)
             msgs.append(Message(rd, dst_node_id=node, message_type="train", group_id=str(rnd.idx), ttl=ttl))
         return msgs
 
@@ -330,7 +339,16 @@ class FlowerEngine:
         for cid, reason in answer.failures.items():
             rnd.fail(cid, reason, retriable=answer.answered)
         for update in answer.updates.values():
-            rnd.succeed(update, self._plausible(update, rnd.tasks.get(update.client_id)))
+            try:
+                update = receive_update(update, rnd.received.get(update.client_id, ClientTask({})), self.wire)
+            except WireError as e:  # a malformed encoding costs that client, as any malformed update
+                rnd.fail(update.client_id, f"node {node} sent a malformed update for client {update.client_id} "
+                                           f"({short(e)})", retriable=answer.answered)
+                continue
+            if rnd.sink is not None:  # folded into the round's accumulator now; its verdict is the real check
+                rnd.succeed(update, bool(rnd.sink(update)))
+            else:
+                rnd.succeed(update, self._plausible(update, rnd.tasks.get(update.client_id)))
         if len(rnd.plausible) >= self.min_clients:
             rnd.clock.min_reached()
 
@@ -372,11 +390,13 @@ class FlowerEngine:
         """Every later train message carries `delta` (cumulative): the nodes set W0 + delta themselves."""
         self.base_delta = dict(delta)
 
-    def train_round(self, ctx: RoundContext, tasks: dict[int, ClientTask],
-                    progress: ClientProgress | None = None) -> RoundOutcome:
+    def train_round(self, ctx: RoundContext, tasks: dict[int, ClientTask], progress: ClientProgress | None = None,
+                    sink: UpdateSink | None = None) -> RoundOutcome:
         # the nodes rebuild the strategy's client plan from the config they share with the server
         rnd = _Round(ctx.round, dict(tasks), RoundClock(time.monotonic(), self.round_timeout, self.round_grace),
-                     ctx.run_id)
+                     ctx.run_id, sink=sink)
+        rnd.sent = send_tasks(tasks, self.wire)  # encoded once (a shared group stays one object, sent once a node)
+        rnd.received = receive_tasks(rnd.sent, self.wire)  # the reference each update is decoded against
         connected = self._liveness(rnd.clock)
         send = []
         for cid in sorted(tasks):
@@ -450,7 +470,7 @@ def serve(grid: Grid, rc: Any) -> None:
     engine = FlowerEngine(grid, hosted, round_timeout=run_setting(rc, "round-timeout"), poll=poll,
                           retries=run_setting(rc, "round-retries"), min_clients=cfg.run.min_clients,
                           round_grace=run_setting(rc, "round-grace"), query_ttl=run_setting(rc, "discovery-timeout"),
-                          max_examples=cfg.run.max_client_examples)
+                          max_examples=cfg.run.max_client_examples, wire=WireFormat.of(cfg.run))
     resume = cfg.run.out if run_setting(rc, "resume") else None
     # data.source = "nodes": the server never reads training data, it only learns which clients the nodes host.
     data = (pipeline.data_on_nodes(cfg, sorted(c for cs in hosted.values() for c in cs))

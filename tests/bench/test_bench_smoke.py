@@ -100,6 +100,8 @@ def test_scale_smoke() -> None:
     res = scale.run(smoke=True)
     assert set(res["peak_rss_mb"]) == {"10", "20"}
     assert all(_positive(v) for v in res["peak_rss_mb"].values())
+    assert [r["sampled"] for r in res["sampled_runs"]] == [2, 8] and _positive(res["memory_ratio_8_vs_2_sampled"])
+    assert res["sampled_adapter_bytes"] == res["sampled_runs"][1]["adapter_bytes"] > 0
     agg = res["aggregation"]
     assert len(agg["seconds"]) == len(agg["sampled_clients"]) and agg["seconds_per_client"] > 0
     p = res["partition"]

@@ -5,12 +5,16 @@ bf16 matrix units, float32 on one without). When a CPU model's base is stored in
 held-out loss, generation) run under `torch.autocast("cpu", torch.bfloat16)`: matmuls in bf16, the LoRA weights
 (float32, peft keeps adapters in float32 over a half-precision base) cast to bf16 once per forward by autocast's
 cache, losses computed in float32 (`label_token_nll` upcasts the logits). Gradients, AdamW state and the payload stay
-float32. CUDA runs are left as they were (a bf16/fp16 base with float32 adapters, no autocast).
+float32. Inside that context peft's own cast of each LoRA layer's input to the adapter's float32 is switched off
+(`peft.helpers.disable_input_dtype_casting`): autocast would cast it straight back to bf16 for the matmul, so the
+activations stay bf16 and two casts per LoRA layer per pass are saved (about 5% of a step on the tiny base). CUDA
+runs are left as they were (a bf16/fp16 base with float32 adapters, no autocast).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -27,9 +31,18 @@ def autocast_dtype(model: Any) -> torch.dtype | None:
     return torch.bfloat16 if p.device.type == "cpu" and p.dtype == torch.bfloat16 else None
 
 
+@contextlib.contextmanager
+def _mixed(model: Any, dtype: torch.dtype) -> Iterator[None]:
+    from peft.helpers import disable_input_dtype_casting
+
+    with torch.autocast("cpu", dtype=dtype), disable_input_dtype_casting(model):
+        yield
+
+
 def autocast(model: Any) -> contextlib.AbstractContextManager[Any]:
-    """The context a forward of `model` runs in: CPU bf16 autocast for a bf16 base on a CPU, else nothing."""
+    """The context a forward of `model` runs in: CPU bf16 autocast for a bf16 base on a CPU (peft's input casts
+    off), else nothing."""
     dtype = autocast_dtype(model)
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast("cpu", dtype=dtype)
+    return _mixed(model, dtype)

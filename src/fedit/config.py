@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -156,7 +157,7 @@ RESUMABLE = frozenset({"run.rounds", "run.eval_every", "run.eval_limit", "run.ev
                        "run.report_to", "run.tracking_uri"})
 
 
-def check_flower_sim(client_gpus: float, device: str) -> None:
+def check_flower_sim(client_cpus: float, client_gpus: float, device: str) -> None:
     """`run.engine = "flower-sim"` needs Flower with Ray, CUDA where clients ask for GPUs, and GPUs for clients
     whose model.device is CUDA: checked with the config, before a run directory or a model exists (Flower would
     only fail once Ray is up, or a client would find no GPU)."""
@@ -166,12 +167,19 @@ def check_flower_sim(client_gpus: float, device: str) -> None:
     if missing:
         raise ConfigError(f"run.engine = 'flower-sim' needs Flower's Simulation Engine ({', '.join(missing)} not "
                           'installed): pip install "fedit[flower-sim]"')
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if client_cpus > cpus:
+        raise ConfigError(f"run.client_cpus: got {client_cpus!r}, but this machine has {cpus} CPU(s): no ClientApp "
+                          f"process would fit; use at most {cpus}")
     if client_gpus > 0:
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError(f"run.client_gpus: got {client_gpus!r}, but this machine has no CUDA GPU; "
                               "use run.client_gpus = 0 (CPU clients)")
+        if client_gpus > torch.cuda.device_count():
+            raise ConfigError(f"run.client_gpus: got {client_gpus!r}, but this machine has "
+                              f"{torch.cuda.device_count()} GPU(s): no ClientApp process would fit")
     elif device.startswith("cuda"):
         raise ConfigError(f"model.device: got {device!r}, but run.client_gpus = 0 gives Flower's Simulation Engine "
                           "clients no GPU; set run.client_gpus (e.g. 1) or model.device = 'auto'")
@@ -341,7 +349,7 @@ class Config:
                 raise ConfigError(f"{key}: got {got!r}, expected {expected}")
         self._validate_names()
         if r.engine == "flower-sim":
-            check_flower_sim(r.client_gpus, self.model.device)
+            check_flower_sim(r.client_cpus, r.client_gpus, self.model.device)
 
     def _validate_names(self) -> None:
         """Names resolved through registries, checked now: a typo must not cost a model load or a run directory."""

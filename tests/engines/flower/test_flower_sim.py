@@ -8,6 +8,7 @@ thread per client, as the loopback deployment does (test_loopback.py).
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -53,6 +54,14 @@ def test_a_missing_ray_is_named_with_the_extra_to_install(monkeypatch: pytest.Mo
     with pytest.raises(ConfigError, match=r'needs Flower.s Simulation Engine \(ray not installed\): pip install '
                                           r'"fedit\[flower-sim\]"'):
         Config().override({"run.engine": "flower-sim"})
+
+
+def test_more_cpus_per_client_than_the_machine_has_are_refused() -> None:
+    pytest.importorskip("ray")
+    cpus = len(os.sched_getaffinity(0))
+    with pytest.raises(ConfigError, match=f"run.client_cpus: got {cpus + 1}.0, but this machine has {cpus} CPU"):
+        Config().override({"run.engine": "flower-sim", "run.client_cpus": cpus + 1})
+    Config().override({"run.engine": "flower-sim", "run.client_cpus": 0.5})  # fractions: more processes than cores
 
 
 def test_client_resources_are_resumable_like_the_engine() -> None:

@@ -56,6 +56,24 @@ def test_a_missing_ray_is_named_with_the_extra_to_install(monkeypatch: pytest.Mo
         Config().override({"run.engine": "flower-sim"})
 
 
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--client-cpus", "0"], "run.client_cpus: got 0.0, expected a number > 0"),
+    (["--client-gpus", "-1"], "run.client_gpus: got -1.0, expected a number >= 0"),
+    (["--engine", "flower-sim", "--client-cpus", "4096"], "run.client_cpus: got 4096.0, but this machine has"),
+])
+def test_the_cli_refuses_bad_client_resources_before_a_run_directory_exists(tmp_path: Path, flags, needle) -> None:
+    from typer.testing import CliRunner
+
+    from fedit.cli import app
+
+    pytest.importorskip("ray")
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["run", "--out", str(out), *flags], env={"COLUMNS": "300"})
+    assert r.exit_code == 2, r.stdout
+    assert needle in " ".join((r.stdout + r.stderr).split()) and "Traceback" not in r.stdout
+    assert not out.exists()
+
+
 def test_more_cpus_per_client_than_the_machine_has_are_refused() -> None:
     pytest.importorskip("ray")
     cpus = len(os.sched_getaffinity(0))

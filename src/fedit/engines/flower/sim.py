@@ -30,7 +30,6 @@ from typing import Any
 
 from fedit.config import Config
 from fedit.engines.flower.launcher import FLOWER_ENV, collect_result, prepare_local_run, thread_env
-from fedit.engines.flower.protocol import RUN_CONFIG_DEFAULTS
 from fedit.errors import ClientError, ConfigError, FeditError
 
 SIM_POLL = 0.05  # seconds between the ServerApp's pulls for replies (in memory: a pull costs next to nothing)
@@ -68,13 +67,15 @@ def scoped_env(values: dict[str, str]) -> Iterator[None]:
 
 
 def run_flower_sim(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = False,
-                   threads: int | None = None, round_timeout: float = 600.0,
-                   round_grace: float = RUN_CONFIG_DEFAULTS["round-grace"], keep_work: bool = False,
-                   log: Any = None) -> Any:
+                   threads: int | None = None, round_timeout: float = 600.0, round_grace: float | None = None,
+                   keep_work: bool = False, log: Any = None) -> Any:
     """Run `cfg` on Flower's Simulation Engine with `cfg.run.nodes` virtual SuperNodes; returns a RunResult.
 
     Everything is checked (config, Ray installed, CUDA for run.client_gpus > 0, data) before Ray starts or the run
-    directory is made. Results are bit-identical to the simulator's at the same torch threads per client
+    directory is made. `round_grace` None (the default) is `round_timeout`: every virtual node shares this machine,
+    so none is dropped for being slower than the others (a node hosting two of a round's clients takes about twice
+    as long as one hosting one); the simulator, too, waits for every client. A node whose ClientApp fails still
+    costs only its clients. Results are bit-identical to the simulator's at the same torch threads per client
     (`threads`, else int(run.client_cpus)) on the same CPU and torch build, as the loopback deployment's are.
     """
     say = log or (lambda m: print(m, flush=True))
@@ -88,7 +89,7 @@ def run_flower_sim(cfg: Config, *, resume: str | Path | None = None, overwrite: 
     ok = False
     try:
         local = prepare_local_run(cfg, work, resume=resume, overwrite=overwrite, round_timeout=round_timeout,
-                                  round_grace=round_grace, poll=SIM_POLL,
+                                  round_grace=round_timeout if round_grace is None else round_grace, poll=SIM_POLL,
                                   extra={"node-data": str(work / "data")})
         say(f"Flower Simulation Engine: {local.nodes} virtual SuperNodes, {local.n_clients} clients, "
             f"{cfg.run.client_cpus:g} CPU / {cfg.run.client_gpus:g} GPU per ClientApp process, "

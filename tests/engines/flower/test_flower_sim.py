@@ -19,7 +19,7 @@ pytest.importorskip("flwr")
 
 from fedit.config import Config  # noqa: E402
 from fedit.engines.flower.node import virtual_node_config  # noqa: E402
-from fedit.errors import ConfigError  # noqa: E402
+from fedit.errors import ConfigError, FeditError  # noqa: E402
 
 
 @pytest.mark.parametrize(("settings", "message"), [
@@ -44,6 +44,24 @@ def test_gpus_without_cuda_fail_before_a_run_directory_exists(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="model.device: got 'cuda'.*run.client_gpus = 0"):
         run_flower_sim(cfg.override({"model.device": "cuda"}))
     assert not out.exists()
+
+
+def test_a_refused_resume_and_a_taken_run_directory_fail_before_ray_starts(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    from fedit.engines.flower.sim import run_flower_sim
+    from fedit.errors import CheckpointError
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    with pytest.raises(FeditError, match="not empty|non-empty|exists"):
+        run_flower_sim(Config().override({"run.out": str(taken)}))
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    Config().save(saved / "config.toml")
+    with pytest.raises(CheckpointError, match="client.lr: saved 0.003, now 0.5"):
+        run_flower_sim(Config().override({"run.out": str(saved), "client.lr": 0.5}), resume=saved)
+    assert sorted(p.name for p in saved.iterdir()) == ["config.toml"]
 
 
 def test_a_missing_ray_is_named_with_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -285,12 +285,19 @@ def prepare_local_run(cfg: Config, work: Path, *, resume: str | Path | None, ove
     """Validate `cfg`, read and split its data over run.nodes node directories under `work`, and write the app
     (Flower-side settings for this machine, `extra` over them)."""
     from fedit.engines.flower.appdir import write_app
-    from fedit.pipeline import default_run_dir, prepare_data
+    from fedit.pipeline import check_resume_config, default_run_dir, prepare_data
+    from fedit.server.checkpoint import RunStore
 
     cfg.validate()
     if cfg.run.nodes < 1:
         raise ConfigError(f"run.nodes: got {cfg.run.nodes}, expected an integer >= 1")
     out = Path(resume if resume is not None else (cfg.run.out or default_run_dir())).resolve()
+    # what the ServerApp would refuse (a changed config on resume, a non-empty run directory), refused before any
+    # Flower process starts; the ServerApp checks again
+    if resume is not None:
+        check_resume_config(out, cfg.override({"run.out": str(out)}))
+    else:
+        RunStore(out).check_create(overwrite)
     data = prepare_data(cfg)
     n_clients = len(data.client_records)
     nodes = min(cfg.run.nodes, n_clients)

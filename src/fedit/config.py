@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -20,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ENGINES = ("simulation", "flower")
+ENGINES = ("simulation", "flower", "flower-sim")
 WIRE_DTYPES = ("float32", "bfloat16", "int8")  # fedit.wire: how tensors cross between server and clients
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -124,8 +125,12 @@ class RunConfig:
     min_clients: int = 1
     seed: int = 0
     out: str = ""  # run directory; "" = runs/run-<date>-<time>
-    engine: str = "simulation"  # simulation | flower
-    nodes: int = 2  # flower loopback launcher: SuperNodes to start
+    engine: str = "simulation"  # simulation | flower (loopback deployment) | flower-sim (Flower's Simulation Engine)
+    nodes: int = 2  # flower: SuperNodes to start on loopback; flower-sim: virtual SuperNodes
+    # flower-sim: Ray resources of each ClientApp process (one virtual SuperNode's message at a time); as many run
+    # at once as the machine's CPUs (GPUs) hold; a client's torch threads = int(client_cpus)
+    client_cpus: float = 1.0
+    client_gpus: float = 0.0  # > 0 needs CUDA; e.g. 0.5 puts two ClientApp processes on one GPU
     # on the wire, both ways (fedit.wire): float32 (exact) | bfloat16 (half the bytes) | int8 (blockwise absmax
     # 8-bit, a float32 scale per run.wire_block values: about a quarter); updates go up as the delta from the task
     wire_dtype: str = "float32"
@@ -148,7 +153,36 @@ class RunConfig:
 # Settings a resumed run may change: they decide how long the run goes on, what is evaluated, where and on what
 # engine it runs, which faults are injected and which trackers log it, never what a finished round computed.
 RESUMABLE = frozenset({"run.rounds", "run.eval_every", "run.eval_limit", "run.eval_generate", "run.max_new_tokens",
-                       "run.out", "run.engine", "run.nodes", "run.faults", "run.report_to", "run.tracking_uri"})
+                       "run.out", "run.engine", "run.nodes", "run.client_cpus", "run.client_gpus", "run.faults",
+                       "run.report_to", "run.tracking_uri"})
+
+
+def check_flower_sim(client_cpus: float, client_gpus: float, device: str) -> None:
+    """`run.engine = "flower-sim"` needs Flower with Ray, CUDA where clients ask for GPUs, and GPUs for clients
+    whose model.device is CUDA: checked with the config, before a run directory or a model exists (Flower would
+    only fail once Ray is up, or a client would find no GPU)."""
+    import importlib.util
+
+    missing = [m for m in ("flwr", "ray") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"run.engine = 'flower-sim' needs Flower's Simulation Engine ({', '.join(missing)} not "
+                          'installed): pip install "fedit[flower-sim]"')
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if client_cpus > cpus:
+        raise ConfigError(f"run.client_cpus: got {client_cpus!r}, but this machine has {cpus} CPU(s): no ClientApp "
+                          f"process would fit; use at most {cpus}")
+    if client_gpus > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"run.client_gpus: got {client_gpus!r}, but this machine has no CUDA GPU; "
+                              "use run.client_gpus = 0 (CPU clients)")
+        if client_gpus > torch.cuda.device_count():
+            raise ConfigError(f"run.client_gpus: got {client_gpus!r}, but this machine has "
+                              f"{torch.cuda.device_count()} GPU(s): no ClientApp process would fit")
+    elif device.startswith("cuda"):
+        raise ConfigError(f"model.device: got {device!r}, but run.client_gpus = 0 gives Flower's Simulation Engine "
+                          "clients no GPU; set run.client_gpus (e.g. 1) or model.device = 'auto'")
 
 
 @dataclass
@@ -270,6 +304,9 @@ class Config:
             (r.seed >= 0, "run.seed", r.seed, "an integer >= 0"),
             (r.engine in ENGINES, "run.engine", r.engine, ", ".join(ENGINES)),
             (r.nodes >= 1, "run.nodes", r.nodes, "an integer >= 1"),
+            (math.isfinite(r.client_cpus) and r.client_cpus > 0, "run.client_cpus", r.client_cpus, "a number > 0"),
+            (math.isfinite(r.client_gpus) and r.client_gpus >= 0, "run.client_gpus", r.client_gpus,
+             "a number >= 0"),
             (r.wire_dtype in WIRE_DTYPES, "run.wire_dtype", r.wire_dtype, ", ".join(WIRE_DTYPES)),
             (r.wire_block >= 8, "run.wire_block", r.wire_block, "an integer >= 8"),
             (r.eval_every >= 0, "run.eval_every", r.eval_every, "an integer >= 0"),
@@ -311,6 +348,8 @@ class Config:
             if not ok:
                 raise ConfigError(f"{key}: got {got!r}, expected {expected}")
         self._validate_names()
+        if r.engine == "flower-sim":
+            check_flower_sim(r.client_cpus, r.client_gpus, self.model.device)
 
     def _validate_names(self) -> None:
         """Names resolved through registries, checked now: a typo must not cost a model load or a run directory."""

@@ -251,6 +251,11 @@ def check_resume_config(root: Path, cfg: Config) -> None:
                               f"change only {', '.join(sorted(RESUMABLE))}; start a new run for the others")
 
 
+def default_run_dir() -> str:
+    """The run directory when run.out is not set: runs/run-<date>-<time>."""
+    return time.strftime("runs/run-%Y%m%d-%H%M%S")
+
+
 def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = False,
         reporter: Reporter | None = None, engine: Any = None, data: PreparedData | None = None) -> RunResult:
     """Run (or resume) federated instruction tuning as configured; returns the final adapter and evaluation.
@@ -266,7 +271,7 @@ def run(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = Fals
     check_installed(cfg.run.report_to)  # a tracker's missing library, named with its extra, before any work
     log = reporter.log if reporter is not None else (lambda _m: None)
     if not cfg.run.out and resume is None:
-        cfg = cfg.override({"run.out": time.strftime("runs/run-%Y%m%d-%H%M%S")})
+        cfg = cfg.override({"run.out": default_run_dir()})
     store = RunStore(resume if resume is not None else cfg.run.out)
     if resume is not None:
         check_resume_config(store.root, cfg)
@@ -340,7 +345,8 @@ def _run_in(cfg: Config, store: RunStore, data: PreparedData, strategy: Any, bun
 
     if engine is None:
         if cfg.run.engine != "simulation":
-            raise ConfigError(f"run.engine={cfg.run.engine!r}: use the CLI launcher (fedit run --engine flower)")
+            raise ConfigError(f"run.engine={cfg.run.engine!r}: use the CLI launcher (fedit run --engine "
+                              f"{cfg.run.engine})")
         from fedit.engines.simulation import ClientDataCache, SimulationEngine
 
         cache = ClientDataCache(data.client_records, bundle.template, bundle.tokenizer, cfg)

@@ -26,6 +26,7 @@ RUN_OPTION_KEYS: dict[str, str] = {
     "rounds": "run.rounds", "fraction": "run.fraction", "clients_per_round": "run.clients_per_round",
     "min_clients": "run.min_clients", "seed": "run.seed", "eval_every": "run.eval_every",
     "eval_limit": "run.eval_limit", "engine": "run.engine", "nodes": "run.nodes",
+    "client_cpus": "run.client_cpus", "client_gpus": "run.client_gpus",
     "local_steps": "client.local_steps", "local_epochs": "client.local_epochs", "batch_size": "client.batch_size",
     "micro_batch_size": "client.micro_batch_size", "lr": "client.lr", "lr_schedule": "client.lr_schedule",
     "weight_decay": "client.weight_decay", "max_grad_norm": "client.max_grad_norm",
@@ -158,8 +159,13 @@ def run_command(
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out directory."),
     eval_every: int = typer.Option(None, help="Evaluate every K rounds (base and final are always evaluated)."),
     eval_limit: int = typer.Option(None, help="Held-out items used in evaluation."),
-    engine: str = typer.Option(None, help="simulation (in-process) | flower (loopback deployment)"),
-    nodes: int = typer.Option(None, help="Flower: SuperNodes to start on loopback."),
+    engine: str = typer.Option(None, help="simulation (in-process) | flower (loopback deployment) | flower-sim "
+                                          "(Flower's Simulation Engine: ClientApps in Ray processes)"),
+    nodes: int = typer.Option(None, help="Flower: SuperNodes to start on loopback; flower-sim: virtual SuperNodes."),
+    client_cpus: float = typer.Option(None, help="flower-sim: CPUs per ClientApp process (its torch threads); as "
+                                                 "many run at once as the CPUs hold."),
+    client_gpus: float = typer.Option(None, help="flower-sim: GPUs per ClientApp process (0.5: two share a GPU; "
+                                                 "> 0 needs CUDA)."),
     wire_dtype: str = typer.Option(None, help="Tasks and updates on the wire: float32 | bfloat16 (half the bytes) "
                                               "| int8 (blockwise 8-bit, about a quarter)."),
     packing: bool = typer.Option(None, "--packing/--no-packing", help="Pack several examples per row (no "
@@ -224,6 +230,10 @@ def _run(config: Path | None, options: dict[str, Any], resume: Path | None, over
         from fedit.engines.flower.launcher import run_flower
 
         result = run_flower(cfg, resume=resume, overwrite=overwrite)
+    elif cfg.run.engine == "flower-sim":
+        from fedit.engines.flower.sim import run_flower_sim
+
+        result = run_flower_sim(cfg, resume=resume, overwrite=overwrite)
     else:
         with RichReporter() as reporter:
             result = pipeline.run(cfg, resume=resume, overwrite=overwrite, reporter=reporter)

@@ -31,7 +31,8 @@ Both come from the installed `fedit[flower]` package, so every host needs it ins
   `data.fields='instruction=question,response=answer'`; an optional setting is unset with `'none'`
   (`run.eval_limit='none'`).
 - the Flower-side settings (no dot): `out`, `resume`, `overwrite`, `num-clients`, `min-nodes`,
-  `discovery-timeout`, `round-timeout`, `round-grace`, `round-retries`, `poll-interval`.
+  `discovery-timeout`, `round-timeout`, `round-grace`, `round-retries`, `poll-interval` (and `node-data`, used by
+  `--engine flower-sim` only).
 
 Flower refuses a key the app does not have; fedit checks every value (a bad one fails the run with a message naming
 its key, in the ServerApp's log). A resumed run (`resume=true`) may change only what `fedit run --resume` may

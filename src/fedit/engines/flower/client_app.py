@@ -12,6 +12,8 @@ past it. The clock is the wall clock on both sides, as Flower's own TTL check: k
 
 from __future__ import annotations
 
+from typing import Any
+
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -24,6 +26,15 @@ def _log(message: str) -> None:
     print(f"[fedit] {message}", flush=True)
 
 
+def node_config_of(context: Context) -> dict[str, Any]:
+    """This node's config; a virtual SuperNode of Flower's Simulation Engine (`--engine flower-sim`) has only its
+    partition id, and reads its clients from `<node-data>/node_<id>` (run-config `node-data`)."""
+    from fedit.engines.flower.node import virtual_node_config
+    from fedit.engines.flower.protocol import run_setting
+
+    return virtual_node_config(dict(context.node_config), run_setting(context.run_config, "node-data"))
+
+
 def deadline_of(msg: Message) -> float:
     """When the server stops waiting for this message (epoch seconds)."""
     return float(msg.metadata.created_at) + float(msg.metadata.ttl)
@@ -33,7 +44,7 @@ def deadline_of(msg: Message) -> float:
 def query(msg: Message, context: Context) -> Message:
     from fedit.engines.flower.node import client_files
 
-    hosted = sorted(client_files(dict(context.node_config)))  # from the file names: no record is read
+    hosted = sorted(client_files(node_config_of(context)))  # from the file names: no record is read
     return Message(RecordDict({"node": ConfigRecord({"clients": hosted})}), reply_to=msg)
 
 
@@ -44,7 +55,7 @@ def train(msg: Message, context: Context) -> Message:
 
     round_idx = task_header(msg.content)["round"]
     deadline = deadline_of(msg)
-    if context.node_config.get("worker"):
+    if context.node_config.get("worker"):  # (never on a virtual node: its ClientApp process is the warm worker)
         try:
             return Message(_train_on_worker(msg, context, deadline), reply_to=msg)
         except WorkerUnavailable as e:
@@ -81,7 +92,7 @@ def _train_here(msg: Message, context: Context, deadline: float) -> RecordDict:
 
     cfg = config_from_run_config(context.run_config)
     header, tasks, base_delta = get_tasks(msg.content)
-    report = train_clients(cfg, dict(context.node_config), header["round"], tasks, base_delta, header["run_id"],
+    report = train_clients(cfg, node_config_of(context), header["round"], tasks, base_delta, header["run_id"],
                            deadline)
     content = RecordDict()
     for u in report.updates:

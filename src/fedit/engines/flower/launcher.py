@@ -253,15 +253,61 @@ class LoopbackDeployment:
 
 def write_node_data(client_records: list[list[Any]], nodes: int, root: Path) -> list[Path]:
     """Client c goes to node c % nodes: one directory per node holding only its clients' JSONL files."""
+    from fedit.engines.flower.node import node_dir
     from fedit.partition.writer import client_filename
 
-    dirs = [root / f"node_{k}" for k in range(nodes)]
+    dirs = [node_dir(root, k) for k in range(nodes)]
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
     for cid, records in enumerate(client_records):
         text = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
         (dirs[cid % nodes] / client_filename(cid, len(client_records))).write_text(text, encoding="utf-8")
     return dirs
+
+
+@dataclass
+class LocalRun:
+    """What a launcher on this machine (loopback deployment or Flower's Simulation Engine) prepares before Flower
+    starts: the run directory, the data split over the nodes, and the app whose run config the ServerApp and
+    ClientApps read."""
+
+    out: Path  # the run directory (absolute: the ServerApp may run in another working directory)
+    resumed: bool
+    n_clients: int
+    nodes: int  # run.nodes, at most one per client
+    node_dirs: list[Path]  # node k's clients' files (write_node_data)
+    app: Path  # the Flower app directory (appdir.write_app)
+    error_file: Path  # where the ServerApp writes why it failed
+
+
+def prepare_local_run(cfg: Config, work: Path, *, resume: str | Path | None, overwrite: bool, round_timeout: float,
+                      round_grace: float, poll: float, extra: dict[str, Any] | None = None) -> LocalRun:
+    """Validate `cfg`, read and split its data over run.nodes node directories under `work`, and write the app
+    (Flower-side settings for this machine, `extra` over them)."""
+    from fedit.engines.flower.appdir import write_app
+    from fedit.pipeline import check_resume_config, default_run_dir, prepare_data
+    from fedit.server.checkpoint import RunStore
+
+    cfg.validate()
+    if cfg.run.nodes < 1:
+        raise ConfigError(f"run.nodes: got {cfg.run.nodes}, expected an integer >= 1")
+    out = Path(resume if resume is not None else (cfg.run.out or default_run_dir())).resolve()
+    # what the ServerApp would refuse (a changed config on resume, a non-empty run directory), refused before any
+    # Flower process starts; the ServerApp checks again
+    if resume is not None:
+        check_resume_config(out, cfg.override({"run.out": str(out)}))
+    else:
+        RunStore(out).check_create(overwrite)
+    data = prepare_data(cfg)
+    n_clients = len(data.client_records)
+    nodes = min(cfg.run.nodes, n_clients)
+    dirs = write_node_data(data.client_records, nodes, work / "data")
+    error_file = work / "serverapp-error.txt"
+    settings = {"out": str(out), "resume": resume is not None, "overwrite": overwrite, "num-clients": n_clients,
+                "min-nodes": nodes, "discovery-timeout": 120.0, "round-timeout": round_timeout,
+                "round-grace": round_grace, "poll-interval": poll, "error-file": str(error_file)}
+    app = write_app(work / "app", cfg, settings | (extra or {}))
+    return LocalRun(out, resume is not None, n_clients, nodes, dirs, app, error_file)
 
 
 def run_flower(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = False, tls: bool = False,
@@ -276,36 +322,20 @@ def run_flower(cfg: Config, *, resume: str | Path | None = None, overwrite: bool
     runs with the same number of threads on the same CPU and torch build (see docs/deployment.md). `fast` (the
     default) cuts the per-round messaging cost (module docstring); False runs Flower's stock SuperNodes.
     """
-    from fedit.engines.flower.appdir import write_app
-    from fedit.pipeline import prepare_data
-
     say = log or (lambda m: print(m, flush=True))
-    cfg.validate()
-    if cfg.run.nodes < 1:
-        raise ConfigError(f"run.nodes: got {cfg.run.nodes}, expected an integer >= 1")
-    out = Path(resume if resume is not None else cfg.run.out).resolve()
-    data = prepare_data(cfg)
-    n_clients = len(data.client_records)
-    nodes = min(cfg.run.nodes, n_clients)
-    per_node = threads_per_node(nodes, threads)
     work = Path(tempfile.mkdtemp(prefix="fedit-flower-"))
     t0 = time.perf_counter()
     ok = False
     try:
-        dirs = write_node_data(data.client_records, nodes, work / "data")
-        error_file = work / "serverapp-error.txt"
-        app = write_app(work / "app", cfg, {"out": str(out), "resume": resume is not None, "overwrite": overwrite,
-                                            "num-clients": n_clients, "min-nodes": nodes,
-                                            "discovery-timeout": 120.0, "round-timeout": round_timeout,
-                                            "round-grace": round_grace,
-                                            "poll-interval": FAST_SERVER_POLL if fast
-                                            else RUN_CONFIG_DEFAULTS["poll-interval"],
-                                            "error-file": str(error_file)})
+        local = prepare_local_run(cfg, work, resume=resume, overwrite=overwrite, round_timeout=round_timeout,
+                                  round_grace=round_grace,
+                                  poll=FAST_SERVER_POLL if fast else RUN_CONFIG_DEFAULTS["poll-interval"])
+        per_node = threads_per_node(local.nodes, threads)
         with LoopbackDeployment(work, tls=tls) as dep:
             if on_deploy is not None:  # tests keep a handle to stop and check the processes themselves
                 on_deploy(dep)
             dep.start_superlink()
-            for k, d in enumerate(dirs):
+            for k, d in enumerate(local.node_dirs):
                 node_config: dict[str, Any] = {"data-dir": str(d)}
                 if warm:
                     sock = work / "sock" / f"node_{k}.sock"
@@ -313,20 +343,21 @@ def run_flower(cfg: Config, *, resume: str | Path | None = None, overwrite: bool
                     node_config["worker"] = str(sock)
                 dep.start_supernode(f"node_{k}", node_config, threads=per_node, fast=fast)
             say(f"Flower loopback deployment: SuperLink {dep.address} ({'TLS' if tls else 'insecure, loopback'}), "
-                f"{nodes} SuperNodes, {n_clients} clients; logs in {dep.logs}")
-            run_id = dep.submit(app)
+                f"{local.nodes} SuperNodes, {local.n_clients} clients; logs in {dep.logs}")
+            run_id = dep.submit(local.app)
             say(f"submitted Flower run {run_id}")
-            status, details = _wait_run(dep, run_id, out, say, cfg.run.rounds, error_file)
-            if status != "finished:completed" or error_file.exists():
+            status, details = _wait_run(dep, run_id, local.out, say, cfg.run.rounds, local.error_file)
+            if status != "finished:completed" or local.error_file.exists():
+                error_file = local.error_file
                 reason = error_file.read_text() if error_file.exists() else f"{status} {details}".strip()
                 raise ClientError(f"Flower run {run_id} did not complete ({status}): {reason}\n"
                                   f"Flower logs: {dep.logs}")
         ok = True
     finally:
-        if ok and not keep_work:
+        if (ok and not keep_work) or not (work / "app").exists():  # nothing started: nothing to look at
             shutil.rmtree(work, ignore_errors=True)
     say(f"Flower run finished in {time.perf_counter() - t0:.1f}s")
-    return collect_result(out, resume is not None)
+    return collect_result(local.out, local.resumed)
 
 
 def _wait_run(dep: LoopbackDeployment, run_id: int, out: Path, say: Any, rounds: int,

@@ -24,9 +24,24 @@ from fedit.errors import ConfigError, DataError, FeditError
 
 if TYPE_CHECKING:
     from fedit.data.tokenize import TokenizedData
+    from fedit.pipeline import ModelBundle
     from fedit.types import ClientTask, ClientUpdate, Params
 
 CLIENT_FILE = re.compile(r"^client_(\d+)\.jsonl$")
+PARTITION_ID = "partition-id"  # the one node-config key Flower's Simulation Engine gives each virtual SuperNode
+
+
+def node_dir(root: Path, k: int) -> Path:
+    """Node k's data directory under `root`, as fedit's launchers lay them out (loopback and simulation)."""
+    return Path(root) / f"node_{k}"
+
+
+def virtual_node_config(node_config: dict[str, Any], node_data: str) -> dict[str, Any]:
+    """A node config with its `data-dir`: as given, or, for a virtual SuperNode of Flower's Simulation Engine (which
+    gets only `partition-id` and `num-partitions`), `<node_data>/node_<partition-id>` (run-config `node-data`)."""
+    if node_config.get("data-dir") or not node_data or PARTITION_ID not in node_config:
+        return node_config
+    return node_config | {"data-dir": str(node_dir(Path(node_data), int(node_config[PARTITION_ID])))}
 
 
 def parse_client_ids(spec: Any) -> list[int] | None:
@@ -79,16 +94,17 @@ class NodeWorker:
     is kept: one client's bad file fails that client alone, in every round, without touching its neighbours.
     """
 
-    def __init__(self, cfg: Config, node_config: dict[str, Any]) -> None:
+    def __init__(self, cfg: Config, node_config: dict[str, Any], bundle: ModelBundle | None = None) -> None:
         from fedit.pipeline import build_model
         from fedit.strategies import build_strategy
 
         t0 = time.perf_counter()
         self.cfg = cfg
         self.files = client_files(node_config)  # names only: nothing is read until a client is trained
-        if node_config.get("model"):  # the base model lives at another path on this node
-            cfg = cfg.override({"model.name": str(node_config["model"])})
-        self.bundle = build_model(cfg)
+        self.model_name = str(node_config.get("model") or "")
+        if self.model_name:  # the base model lives at another path on this node
+            cfg = cfg.override({"model.name": self.model_name})
+        self.bundle = bundle if bundle is not None else build_model(cfg)  # `bundle`: another node's, same model
         self.plan = build_strategy(cfg.strategy).client_plan()
         self.state_root = state_root(node_config)
         self._data: dict[int, TokenizedData | DataError] = {}
@@ -143,15 +159,22 @@ class NodeWorker:
         return update
 
 
-_WORKERS: dict[str, NodeWorker] = {}
+_WORKERS: dict[str, NodeWorker] = {}  # config TOML + node config -> its worker
 
 
 def get_worker(cfg: Config, node_config: dict[str, Any]) -> NodeWorker:
-    """One worker per (config, node config) in this process: reused while the process lives."""
-    key = cfg.to_toml() + repr(sorted(node_config.items()))
+    """One worker per node config in this process, for one config (another config drops them), reused while the
+    process lives. Workers of one process share the base model: in Flower's Simulation Engine any virtual node's
+    message may reach any ClientApp process, which then keeps one model, not one per node (every train message
+    sets the base delta again, so sharing changes nothing a node computes)."""
+    ckey = cfg.to_toml()
+    key = ckey + repr(sorted(node_config.items()))
     if key not in _WORKERS:
-        _WORKERS.clear()
-        _WORKERS[key] = NodeWorker(cfg, node_config)
+        for old in [k for k in _WORKERS if not k.startswith(ckey)]:
+            del _WORKERS[old]
+        model = str(node_config.get("model") or "")
+        shared = next((w.bundle for w in _WORKERS.values() if w.model_name == model), None)
+        _WORKERS[key] = NodeWorker(cfg, node_config, bundle=shared)
     return _WORKERS[key]
 
 

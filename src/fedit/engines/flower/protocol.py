@@ -30,6 +30,8 @@ RUN_CONFIG_DEFAULTS: dict[str, Any] = {
     "round-retries": 1,  # re-send a round's failed clients this many times when fewer than min_clients replied
     "poll-interval": 0.2,  # seconds between the ServerApp's pulls for replies (Flower's own helper sleeps 3 s)
     "error-file": "",  # where the ServerApp writes the reason it failed (read by the loopback launcher)
+    # Flower's Simulation Engine (--engine flower-sim): virtual node k reads its clients from <node-data>/node_k
+    "node-data": "",
 }
 # Apps written by fedit before the dotted keys held the whole fedit config as one TOML string under this key.
 LEGACY_KEY = "fedit-config"

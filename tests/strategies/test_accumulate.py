@@ -132,15 +132,19 @@ def test_aggregation_error_exact_and_sketched() -> None:
     g, ups = _updates(4, seed=3)
     want = _dense_error(g, ups)
     assert want > 0.05
-    exact = AggregationErrorAccumulator(g)
-    for u in ups[::-1]:
-        exact.add(u)
-    assert exact.exact and exact.result() == pytest.approx(want, rel=1e-12)
-    assert aggregation_error(g, ups) == exact.result()  # the same value in id order
+    factor_bytes = sum(v.numel() * 4 for v in g.values())
+    # the three exact paths: r x r products of the buffered factors, dense sums, and the switch between them
+    for buffer_bytes in (10**6, 0, 2 * factor_bytes):
+        acc = AggregationErrorAccumulator(g, buffer_bytes=buffer_bytes)
+        for u in ups[::-1]:
+            acc.add(u)
+        assert acc.exact and acc.result() == pytest.approx(want, rel=1e-12), buffer_bytes
+        assert (acc.buffered is not None) == (buffer_bytes == 10**6)
     # a budget too small for the dense 4 x 5 accumulator: a seeded sketch, an estimate, the same in any order
-    sketched = [aggregation_error(g, order, budget_bytes=16, rng=np.random.default_rng(7)) for order in
-                (ups, ups[::-1])]
+    sketched = [aggregation_error(g, order, budget_bytes=16, rng=np.random.default_rng(7), buffer_bytes=0)
+                for order in (ups, ups[::-1])]
     assert sketched[0] == sketched[1] and sketched[0] == pytest.approx(want, rel=0.35)
     assert not AggregationErrorAccumulator(g, budget_bytes=16).exact
     one = [ClientUpdate(0, dict(ups[0].params), 1, {"loss": 1.0})]
     assert aggregation_error(g, one) == pytest.approx(0.0, abs=1e-12)  # one client: averaging is exact
+    assert aggregation_error(g, one, buffer_bytes=0) == pytest.approx(0.0, abs=1e-12)

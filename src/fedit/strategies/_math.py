@@ -57,14 +57,19 @@ def lora_pairs(keys: Sequence[str] | Mapping[str, object]) -> list[tuple[str, st
 
 DENSE_BUDGET_BYTES = 256 * 2**20  # accumulator state for the exact path: 16 bytes per d_out x d_in element
 SKETCH_COLUMNS = (32, 128)  # the sketch's columns s: as many as the budget allows, within these bounds
+BUFFER_BYTES = 32 * 2**20  # LoRA factors of a round kept for the cheap exact r x r path
 
 
 class AggregationErrorAccumulator:
     """The round metric ||M - B_bar A_bar||_F / ||M||_F, M = sum_k p_k B_k A_k, over all LoRA modules, folded in one
     update at a time in memory O(1) in the number of clients (0 if the products are 0).
 
-    Per module it keeps sum_k n_k A_k and sum_k n_k B_k and, when every module's dense d_out x d_in accumulator
-    fits `budget_bytes` (16 bytes per element), sum_k n_k B_k A_k itself: the metric is then exact. Otherwise it is
+    While the round's LoRA factors fit `buffer_bytes` (a few clients of a small adapter: the embedded default's
+    round holds 3 x 1.2 MB) it keeps them and computes the metric exactly at the end from r x r products only,
+    clients in id order: ||sum_k p_k B_k A_k||^2 = sum_{k,l} p_k p_l tr((B_k^T B_l)(A_l A_k^T)), and likewise for the
+    cross term (cheap: no d_out x d_in matrix). Past that it folds them, and every later update, into the streaming
+    form: per module sum_k n_k A_k and sum_k n_k B_k and, when every module's dense d_out x d_in accumulator fits
+    `budget_bytes` (16 bytes per element), sum_k n_k B_k A_k itself: the metric is then exact too. Otherwise it is
     an estimate from a Gaussian sketch: with Omega (d_in x s, N(0, 1) entries, one per input width, drawn from
     `rng`), it keeps sum_k n_k B_k (A_k Omega) (d_out x s) and uses E ||X Omega||_F^2 = s ||X||_F^2 for numerator
     and denominator alike (relative error of each squared norm about sqrt(2 / (s * stable rank)); s is as large as
@@ -74,11 +79,14 @@ class AggregationErrorAccumulator:
     """
 
     def __init__(self, global_params: Params, rng: np.random.Generator | None = None,
-                 budget_bytes: int = DENSE_BUDGET_BYTES) -> None:
+                 budget_bytes: int = DENSE_BUDGET_BYTES, buffer_bytes: int = BUFFER_BYTES) -> None:
         from fedit.strategies.accumulate import ExactSum
 
         self.g = global_params
         self.pairs = lora_pairs(global_params)
+        factor_bytes = sum(global_params[k].numel() * 4 for pair in self.pairs for k in pair)
+        self.buffer_clients = buffer_bytes // max(1, factor_bytes)  # updates kept for the r x r path
+        self.buffered: list[ClientUpdate] | None = []  # None once the round has outgrown the buffer
         dense = sum(16 * global_params[kb].shape[0] * global_params[ka].shape[1] for ka, kb in self.pairs)
         self.exact = dense <= budget_bytes
         self.columns = 0
@@ -95,6 +103,16 @@ class AggregationErrorAccumulator:
         self.fixed: set[str] | None = None  # tensors the updates do not carry (decided by the first update)
 
     def add(self, update: ClientUpdate) -> None:
+        if self.buffered is not None:
+            if len(self.buffered) < self.buffer_clients:
+                self.buffered.append(update)
+                return
+            held, self.buffered = self.buffered, None  # outgrown: fold what was held, stream from here on
+            for u in held:
+                self._fold(u)
+        self._fold(update)
+
+    def _fold(self, update: ClientUpdate) -> None:
         n = update.num_examples
         keys = {k for pair in self.pairs for k in pair if k not in update.params}
         if self.fixed is None:
@@ -113,6 +131,10 @@ class AggregationErrorAccumulator:
         self.products.add(prods)
 
     def result(self) -> float:
+        if self.buffered is not None:
+            if not self.buffered:
+                raise AggregationError("no client updates to aggregate")
+            return _gram_error(self.g, sorted(self.buffered, key=lambda u: u.client_id))
         if not self.sums.count:
             raise AggregationError("no client updates to aggregate")
         n = self.sums.weight
@@ -132,16 +154,37 @@ class AggregationErrorAccumulator:
         return (max(num, 0.0) ** 0.5) / (den ** 0.5) if den > 0 else 0.0
 
 
+def _gram_error(global_params: Params, updates: Sequence[ClientUpdate]) -> float:
+    """The metric from r x r products of the updates' factors (the class docstring's formula), in the given order."""
+    p = weights(updates)
+    num = den = 0.0
+    for ka, kb in lora_pairs(global_params):
+        a = [u.params.get(ka, global_params[ka]).to(torch.float64) for u in updates]
+        b = [u.params.get(kb, global_params[kb]).to(torch.float64) for u in updates]
+        a_bar = sum(w * x for w, x in zip(p, a, strict=True))
+        b_bar = sum(w * x for w, x in zip(p, b, strict=True))
+        bb = torch.stack([torch.stack([bk.T @ bl for bl in b]) for bk in b])  # [k, l] = B_k^T B_l   (r x r)
+        aa = torch.stack([torch.stack([al @ ak.T for al in a]) for ak in a])  # [k, l] = A_l A_k^T
+        pp = torch.tensor(p, dtype=torch.float64)
+        mm = float(torch.einsum("k,l,klij,klji->", pp, pp, bb, aa))  # ||M||^2, M = sum p_k B_k A_k
+        cross = float(sum(w * torch.trace((bk.T @ b_bar) @ (a_bar @ ak.T)) for w, ak, bk in zip(p, a, b, strict=True)))
+        ff = float(torch.trace((b_bar.T @ b_bar) @ (a_bar @ a_bar.T)))  # ||B_bar A_bar||^2
+        num += max(0.0, mm - 2.0 * cross + ff)
+        den += mm
+    return (num ** 0.5) / (den ** 0.5) if den > 0 else 0.0
+
+
 def aggregation_error(global_params: Params, updates: Sequence[ClientUpdate],
-                      budget_bytes: int = DENSE_BUDGET_BYTES, rng: np.random.Generator | None = None) -> float:
+                      budget_bytes: int = DENSE_BUDGET_BYTES, rng: np.random.Generator | None = None,
+                      buffer_bytes: int = BUFFER_BYTES) -> float:
     """||sum_k p_k B_k A_k - B_bar A_bar||_F / ||sum_k p_k B_k A_k||_F over all LoRA modules (0 if the products are 0).
 
     The numerator is the weighted cross-covariance of the clients' deviations that averaging A and B separately
-    (FedIT) leaves out. Computed by `AggregationErrorAccumulator`: exact while the dense products fit
-    `budget_bytes`, a seeded sketch estimate beyond. A tensor a client did not send (FFA-LoRA's frozen A) is the
+    (FedIT) leaves out. Computed by `AggregationErrorAccumulator`: exact from r x r products while the factors fit
+    `buffer_bytes`, exact from dense products while those fit `budget_bytes`, a seeded sketch estimate beyond. A tensor a client did not send (FFA-LoRA's frozen A) is the
     global one.
     """
-    acc = AggregationErrorAccumulator(global_params, rng, budget_bytes)
+    acc = AggregationErrorAccumulator(global_params, rng, budget_bytes, buffer_bytes)
     for u in updates:
         acc.add(u)
     return acc.result()

@@ -126,8 +126,11 @@ def tensor_bytes(t: torch.Tensor, fmt: WireFormat) -> int:
     return n + 4 * _blocks(n, fmt.block)
 
 
-def wire_bytes(params: Mapping[str, Any], fmt: WireFormat) -> int:
-    """Bytes of tensor data of a payload on the wire in `fmt` (non-tensor values count 0)."""
+def wire_bytes(params: Any, fmt: WireFormat) -> int:
+    """Bytes of tensor data of a payload on the wire in `fmt` (non-tensor values, and a malformed payload that is
+    not a mapping at all, count 0)."""
+    if not isinstance(params, Mapping):
+        return 0
     return sum(tensor_bytes(v, fmt) for v in params.values() if isinstance(v, torch.Tensor))
 
 

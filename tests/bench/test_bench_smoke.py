@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fedit.bench import gpu, payload, rounds, scale, shepherd, throughput
+from fedit.bench import dtype, gpu, payload, rounds, scale, shepherd, throughput
 
 
 def _positive(x: float) -> bool:
@@ -30,6 +30,29 @@ def test_throughput_smoke() -> None:
     assert len(res["throughput_ratio_per_repeat"]) == res["repeats"]
     assert isinstance(res["throughput_target_met"], bool)
     json.dumps(res)
+
+
+def test_dtype_smoke_and_profile() -> None:
+    res = dtype.run(smoke=True)
+    for k in ("float32_seconds", "bf16_seconds", "dtype_speedup", "dtype_speedup_bf16_only", "float32_loss",
+              "bf16_loss"):
+        assert _positive(res[k]), k
+    assert res["auto_dtype"] in ("float32", "bfloat16")
+    if res["auto_dtype"] == "bfloat16":  # the default is bf16 and nothing else: the two factors are one
+        assert res["dtype_speedup"] == res["dtype_speedup_bf16_only"]
+    assert abs(res["float32_loss"] - res["bf16_loss"]) < 0.05 * res["float32_loss"]
+    for d in ("float32", "bfloat16"):
+        shares = {k: v for k, v in res["profile"][d].items() if k != "ops_seconds_over_wall"}
+        assert abs(sum(shares.values()) - 1) < 1e-6 and shares.get("matmul", 0) > 0
+        assert set(shares) <= {c for c, _ in dtype._CLASSES} | {"other"}
+    json.dumps(res)
+
+
+def test_cli_choices_are_the_suites_benchmarks() -> None:
+    from fedit.bench.suite import BENCHMARKS
+    from fedit.cli.bench import CHOICES
+
+    assert set(CHOICES) == set(BENCHMARKS)
 
 
 def test_round_overhead_smoke_and_bytes() -> None:
@@ -109,6 +132,8 @@ def test_scale_smoke() -> None:
     res = scale.run(smoke=True)
     assert set(res["peak_rss_mb"]) == {"10", "20"}
     assert all(_positive(v) for v in res["peak_rss_mb"].values())
+    assert [r["sampled"] for r in res["sampled_runs"]] == [2, 8] and _positive(res["memory_ratio_8_vs_2_sampled"])
+    assert res["sampled_adapter_bytes"] == res["sampled_runs"][1]["adapter_bytes"] > 0
     agg = res["aggregation"]
     assert len(agg["seconds"]) == len(agg["sampled_clients"]) and agg["seconds_per_client"] > 0
     p = res["partition"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fedit.data.records import Message, Record
 from fedit.data.templates import get_template
@@ -106,3 +107,26 @@ def test_collate_pads_right_with_masked_labels(tok) -> None:
     short = 0 if n0 < n1 else 1
     assert int(b["attention_mask"][short].sum()) == min(n0, n1)
     assert (b["labels"][short][min(n0, n1):] == IGNORE_INDEX).all()
+
+
+def test_tokenized_data_is_int32_rows_with_offsets() -> None:
+    """Tokenized data is kept as flat int32 arrays plus row offsets (8 bytes a token for ids and labels, 8 bytes an
+    example for each offset array), rows read back exactly as given."""
+    from fedit.data.tokenize import Ragged, TokenizedData
+
+    rows = [[5, 6, 7], [8], [9, 10, 2**31 - 1, 12]]
+    labels = [[IGNORE_INDEX, 6, 7], [8], [IGNORE_INDEX, IGNORE_INDEX, 11, 12]]
+    data = TokenizedData(rows, labels, [None, "a", "b"])
+    assert isinstance(data.input_ids, Ragged) and data.input_ids.values.dtype == np.int32
+    assert [r.tolist() for r in data.input_ids] == rows and [r.tolist() for r in data.labels] == labels
+    assert data.lengths.tolist() == [3, 1, 4] and data.num_label_tokens == 5
+    assert data.input_ids[-1].tolist() == rows[-1]
+    tokens, examples = 8, 3
+    assert data.nbytes == 2 * (4 * tokens + 8 * (examples + 1))
+    b = collate(data, [2, 0], pad_id=0)
+    assert b["input_ids"].dtype == torch.long and b["input_ids"].tolist() == [[9, 10, 2**31 - 1, 12], [5, 6, 7, 0]]
+    assert b["labels"][1].tolist() == [IGNORE_INDEX, 6, 7, IGNORE_INDEX]
+    with pytest.raises(ValueError, match="as many labels"):
+        TokenizedData([[1, 2]], [[1]], [None])
+    with pytest.raises(IndexError):
+        data.input_ids[3]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from fedit.config import Config
 from fedit.engines.base import RoundOutcome
 from fedit.errors import ClientError, ConfigError
 from fedit.faults import FaultPlan, parse_fault
-from fedit.server.rounds import screen_updates
+from fedit.server.collect import RoundCollector
 from fedit.types import ClientUpdate
 
 
@@ -105,7 +106,16 @@ def test_a_client_never_sends_a_non_finite_adapter(micro_model_dir: Path, small_
         train_client(bundle.trainer, bundle.trainer.slots.get(), tok, cfg.client, client_id=0, round_idx=1, seed=0)
 
 
-def test_screen_updates_rules_by_hand() -> None:
+def screen_updates(round_idx, sampled, outcome, expected, bounds, max_examples, expected_extras=None):
+    """The round loop's collector fed an outcome's updates in id order: (the updates it folded in, failures)."""
+    folded: list[ClientUpdate] = []
+    c = RoundCollector(round_idx, sampled, expected, expected_extras, bounds, max_examples,
+                       [SimpleNamespace(add=folded.append)])
+    c.add_all(outcome.updates)
+    return folded, c.failures(outcome.failures), c
+
+
+def test_collector_rules_by_hand() -> None:
     g = {"a": torch.zeros(2), "b": torch.zeros(1, 2)}
 
     def u(cid: int, n: int = 3, **over) -> ClientUpdate:
@@ -115,17 +125,18 @@ def test_screen_updates_rules_by_hand() -> None:
     outcome = RoundOutcome(updates=[u(0), u(1, n=0), u(2, n=4), u(3, params={"a": torch.ones(2, dtype=torch.float64)}),
                                     u(4, metrics={"loss": float("nan")}), u(5, metrics={}), u(6), u(6), u(9),
                                     u(7, n=True)], failures={8: "node 1 did not reply"})
-    ok, failed = screen_updates(1, [0, 1, 2, 3, 4, 5, 6, 7, 8], outcome, g, {2: 3}, max_examples=10)
-    assert [x.client_id for x in ok] == [0]
+    ok, failed, c = screen_updates(1, [0, 1, 2, 3, 4, 5, 6, 7, 8], outcome, g, {2: 3}, max_examples=10)
+    # a client's first update of a round is folded in (a streaming sum cannot take it back out); a repeat is
+    # dropped and reported, never aggregated
+    assert [x.client_id for x in ok] == [0, 6] and c.repeats() == {6: 2} and 6 not in failed
     assert failed[1] == "update rejected: num_examples must be >= 1, got 0"
     assert failed[2] == "update rejected: claims 4 examples, but at most 3 were assigned to it"
     assert failed[3] == "update rejected: a has dtype torch.float64, expected torch.float32"
     assert "metric 'loss' is nan" in failed[4] and "lack the training loss" in failed[5]
-    assert failed[6] == "update rejected: sent 2 updates in one round"
     assert failed[9] == "update rejected: client 9 was not sampled in round 1"
     assert failed[7] == "update rejected: num_examples must be an integer, got True"
     assert failed[8] == "node 1 did not reply"
-    ok, failed = screen_updates(1, [2], RoundOutcome(updates=[u(2, n=11)]), g, {}, max_examples=10)
+    ok, failed, _ = screen_updates(1, [2], RoundOutcome(updates=[u(2, n=11)]), g, {}, max_examples=10)
     assert ok == [] and "at most 10" in failed[2]
 
 

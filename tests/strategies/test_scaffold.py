@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from fedit.config import Config
 from fedit.engines.base import RoundOutcome
 from fedit.errors import AggregationError, ConfigError
 from fedit.model.lora import load_adapter_params
-from fedit.server.rounds import screen_updates
+from fedit.server.collect import RoundCollector
 from fedit.server.sampling import sample_clients
 from fedit.strategies import FedAvg, RoundContext, Strategy
 from fedit.strategies.scaffold import Scaffold, ScaffoldConfig, ScaffoldSession
@@ -259,7 +260,10 @@ def test_expected_update_declares_the_extras_and_the_round_loop_checks_them() ->
     none = ClientUpdate(1, {k: v.clone() for k, v in g.items()}, 2, {"loss": 1.0})
     nan = ClientUpdate(2, {k: v.clone() for k, v in g.items()}, 2, {"loss": 1.0},
                        {k: torch.full(v.shape, float("nan")) for k, v in g.items()})
-    ok, failures = screen_updates(1, [0, 1, 2], RoundOutcome([good, none, nan]), params, {}, None, extras)
+    ok: list[ClientUpdate] = []
+    collect = RoundCollector(1, [0, 1, 2], params, extras, {}, None, [SimpleNamespace(add=ok.append)])
+    collect.add_all(RoundOutcome([good, none, nan]).updates)
+    failures = collect.failures({})
     assert [u.client_id for u in ok] == [0]
     assert "extras: adapter keys differ" in failures[1] and "missing 2" in failures[1]
     assert "extras:" in failures[2] and "non-finite" in failures[2]

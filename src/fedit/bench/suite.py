@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fedit.bench import flower_round, payload, rounds, scale, shepherd, throughput
+from fedit.bench import dtype, flower_round, payload, rounds, scale, shepherd, throughput
 from fedit.bench.common import Row, machine, print_table
 
 BENCHMARKS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[dict[str, Any]], list[Row]], str]] = {
@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, tuple[Callable[..., dict[str, Any]], Callable[[dict[str, A
     "shepherd": (shepherd.run, shepherd.rows, "3. Per-round time: Shepherd-style baseline vs fedit"),
     "scale": (scale.run, scale.rows, "4. Scale: 10 / 100 / 1,000 registered clients, 10 sampled"),
     "payload": (payload.run, payload.rows, "5. Adapter payload for common setups (from configs, no weights)"),
+    "dtype": (dtype.run, dtype.rows, "float32 vs bf16 autocast: the default's round, and where the time goes"),
     "flower": (flower_round.run, flower_round.rows,
                "Flower loopback round (2 SuperNodes, warm workers) vs the simulator, the default's round"),
 }
@@ -28,23 +29,30 @@ HEADLINE = {  # self-explaining top-level keys of the JSON file -> (benchmark, k
     "shepherd_speedup_cpu_time": ("shepherd", "shepherd_speedup_cpu_time"),
     "shepherd_speedup_all_rounds": ("shepherd", "shepherd_speedup_all_rounds"),
     "memory_ratio_1000_vs_10": ("scale", "memory_ratio_1000_vs_10"),
+    "memory_ratio_200_vs_10_sampled": ("scale", "memory_ratio_200_vs_10_sampled"),
     "aggregation_seconds_per_client": ("scale", "aggregation_seconds_per_client"),
     "aggregation_linear_r2": ("scale", "aggregation_linear_r2"),
     "partition_1000_seconds": ("scale", "partition_1000_seconds"),
     "flower_round_ratio": ("flower", "flower_round_ratio"),
+    "dtype_speedup": ("dtype", "dtype_speedup"),
+    "dtype_speedup_bf16_only": ("dtype", "dtype_speedup_bf16_only"),
+    "dtype_speedup_dolly256": ("dtype", "dtype_speedup_dolly256"),
 }
 TARGETS = {"throughput_ratio": ">= 1.0", "round_overhead": "<= 1.03", "shepherd_speedup": ">= 2.0",
-           "memory_ratio_1000_vs_10": "<= 1.10", "partition_1000_seconds": "< 5",
+           "memory_ratio_1000_vs_10": "<= 1.10",
+           "memory_ratio_200_vs_10_sampled": "<= 1.10", "partition_1000_seconds": "< 5",
            "bytes_match_payload_x_clients": "true", "aggregation_linear_r2": "> 0.95 (linear)",
-           "flower_round_ratio": "<= 1.5"}
+           "flower_round_ratio": "<= 1.5", "dtype_speedup": ">= 2.0", "dtype_speedup_bf16_only": ">= 1.5"}
 
 
 def _met(key: str, v: Any) -> bool | None:
     checks: dict[str, Callable[[Any], bool]] = {
         "throughput_ratio": lambda x: x >= 1.0, "round_overhead": lambda x: x <= 1.03,
         "shepherd_speedup": lambda x: x >= 2.0, "memory_ratio_1000_vs_10": lambda x: x <= 1.10,
+        "memory_ratio_200_vs_10_sampled": lambda x: x <= 1.10,
         "partition_1000_seconds": lambda x: x < 5, "bytes_match_payload_x_clients": bool,
-        "aggregation_linear_r2": lambda x: x > 0.95, "flower_round_ratio": lambda x: x <= 1.5}
+        "aggregation_linear_r2": lambda x: x > 0.95, "flower_round_ratio": lambda x: x <= 1.5,
+        "dtype_speedup": lambda x: x >= 2.0, "dtype_speedup_bf16_only": lambda x: x >= 1.5}
     return checks[key](v) if key in checks and v is not None else None
 
 

@@ -8,7 +8,7 @@ import typer
 
 from fedit.cli.common import console, user_errors
 
-CHOICES = ("throughput", "round_overhead", "shepherd", "scale", "payload")
+CHOICES = ("throughput", "round_overhead", "shepherd", "scale", "payload", "dtype", "flower")  # = suite.BENCHMARKS
 
 
 def register(app: typer.Typer) -> None:

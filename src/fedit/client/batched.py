@@ -38,6 +38,7 @@ from fedit.config import ClientConfig
 from fedit.data.tokenize import IGNORE_INDEX, TokenizedData, collate, iter_micro_batches
 from fedit.errors import ClientError
 from fedit.model.loss import label_token_nll
+from fedit.model.precision import autocast
 from fedit.strategies.base import ClientPlan
 from fedit.types import ClientTask, ClientUpdate, Params, payload_problem
 
@@ -247,7 +248,8 @@ def _step(trainer: LocalTrainer, runs: list[_ClientRun], batch: _Batch, cfg: Cli
         batch.stacked = len({hi - lo for _, lo, hi, _ in batch.segments}) == 1
         counts = [int((p["labels"][:, 1:] != IGNORE_INDEX).sum()) for p in parts]
         m = {k: v.to(device) for k, v in concat_micro(parts, trainer.pad_id).items()}
-        nll, _ = label_token_nll(trainer.model, m["input_ids"], m["attention_mask"], m["labels"])
+        with autocast(trainer.model):  # the precision train_client uses (bf16 autocast over a bf16 CPU base)
+            nll, _ = label_token_nll(trainer.model, m["input_ids"], m["attention_mask"], m["labels"])
         loss = nll.new_zeros(())
         for i, tokens in zip(active, nll.split(counts), strict=True):  # label tokens come row by row
             token_loss = tokens.sum()

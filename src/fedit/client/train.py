@@ -23,6 +23,7 @@ from fedit.errors import ClientError
 from fedit.model.base_delta import BaseWeights
 from fedit.model.lora import AdapterSlots
 from fedit.model.loss import label_token_nll
+from fedit.model.precision import autocast
 from fedit.strategies.base import ClientPlan, ClientSession
 from fedit.types import ClientTask, ClientUpdate, Params, payload_problem
 
@@ -158,7 +159,9 @@ def _train(trainer: LocalTrainer, params: list[torch.nn.Parameter], session: Cli
         step_loss_t = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device, read once a step
         for i, m in enumerate(micro):
             m = {k: (v.pin_memory().to(device, non_blocking=True) if cuda else v.to(device)) for k, v in m.items()}
-            nll, _ = label_token_nll(model, m["input_ids"], m["attention_mask"], m["labels"], m.get("position_ids"))
+            with autocast(model):  # bf16 autocast over a bf16 base on CPU (fedit.model.precision), else nothing
+                nll, _ = label_token_nll(model, m["input_ids"], m["attention_mask"], m["labels"],
+                                         m.get("position_ids"))
             token_loss = nll.sum()
             loss = token_loss / max(1, step_tokens)
             if i == accum - 1:  # the strategy's term once per optimizer step (FedProx's proximal term), not per micro

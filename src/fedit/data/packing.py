@@ -68,11 +68,7 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 
 def _example(data: Any, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and labels of example i (TokenizedData as lists of lists, or flat arrays with offsets)."""
-    offsets = getattr(data, "offsets", None)
-    if offsets is not None:
-        lo, hi = int(offsets[i]), int(offsets[i + 1])
-        return np.asarray(data.input_ids[lo:hi]), np.asarray(data.labels[lo:hi])
+    """Token ids and labels of example i."""
     return np.asarray(data.input_ids[i]), np.asarray(data.labels[i])
 
 

@@ -1,11 +1,13 @@
 """Tokenization with label masking, cutoff and EOS; length-grouped micro-batches with dynamic padding.
 
-Each client's data is tokenized once (`TokenizedData`) and reused every round; only the batch order changes.
+Each client's data is tokenized once (`TokenizedData`) and reused every round; only the batch order changes. Token
+ids and labels are kept as flat int32 arrays with row offsets (`Ragged`): 8 bytes per token for both, plus 8 per
+example, where lists of Python ints took about 36 bytes per token each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,25 +21,69 @@ from fedit.data.templates import Template
 IGNORE_INDEX = -100
 
 
+class Ragged(Sequence[np.ndarray]):
+    """Rows of integers of different lengths, stored flat: `values` (int32) and `offsets` (int64, one more than rows).
+    Row i is the view values[offsets[i]:offsets[i + 1]]."""
+
+    def __init__(self, rows: Iterable[Sequence[int] | np.ndarray]) -> None:
+        if isinstance(rows, Ragged):
+            self.values, self.offsets = rows.values, rows.offsets
+            return
+        parts = [np.asarray(r, dtype=np.int32) for r in rows]
+        self.offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum([len(p) for p in parts], out=self.offsets[1:])
+        self.values = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError(f"Ragged rows are indexed by int, got {type(i).__name__}")
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"row {i} of {n}")
+        i = int(i) % n
+        return self.values[self.offsets[i] : self.offsets[i + 1]]
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.values.nbytes + self.offsets.nbytes)
+
+
 @dataclass
 class TokenizedData:
-    """Token ids and labels of one client's records (labels are IGNORE_INDEX where no loss is taken)."""
+    """Token ids and labels of one client's records (labels are IGNORE_INDEX where no loss is taken), as `Ragged`
+    int32 rows (lists of lists given to the constructor are converted)."""
 
-    input_ids: list[list[int]]
-    labels: list[list[int]]
+    input_ids: Ragged
+    labels: Ragged
     categories: list[str | None]
     counts: LengthCounts | None = None  # what the cutoff did to the records (tokenize_records fills it)
+
+    def __post_init__(self) -> None:
+        self.input_ids, self.labels = Ragged(self.input_ids), Ragged(self.labels)
+        if not np.array_equal(self.input_ids.offsets, self.labels.offsets):
+            raise ValueError("TokenizedData: every example needs as many labels as token ids")
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+        return self.input_ids.lengths()
 
     @property
     def num_label_tokens(self) -> int:
-        return sum(sum(1 for t in lab if t != IGNORE_INDEX) for lab in self.labels)
+        return int((self.labels.values != IGNORE_INDEX).sum())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the token ids, labels and their offsets."""
+        return self.input_ids.nbytes + self.labels.nbytes
 
 
 def bos_prefix(template: Template, tokenizer: Any) -> list[int]:
@@ -128,8 +174,8 @@ def collate(data: TokenizedData, idx: Sequence[int], pad_id: int) -> dict[str, t
     attention = torch.zeros((n, width), dtype=torch.long)
     for row, i in enumerate(idx):
         ids = data.input_ids[i]
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        labels[row, : len(ids)] = torch.tensor(data.labels[i], dtype=torch.long)
+        input_ids[row, : len(ids)] = torch.from_numpy(ids)
+        labels[row, : len(ids)] = torch.from_numpy(data.labels[i])
         attention[row, : len(ids)] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 

@@ -17,6 +17,7 @@ from fedit.eval.generate import generate_answers
 from fedit.eval.metrics import exact_match, rouge_l
 from fedit.generation import GenerationSettings
 from fedit.model.loss import label_token_nll
+from fedit.model.precision import autocast
 
 UNCATEGORIZED = "(none)"
 
@@ -64,7 +65,8 @@ def response_loss(model: Any, tokenizer: Any, template: Template, records: Seque
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         b = {k: v.to(device) for k, v in collate(data, idx, tokenizer.pad_token_id).items()}
-        nll, rows = label_token_nll(model, b["input_ids"], b["attention_mask"], b["labels"])
+        with autocast(model):  # the same precision as training (bf16 autocast over a bf16 base on CPU)
+            nll, rows = label_token_nll(model, b["input_ids"], b["attention_mask"], b["labels"])
         sums = torch.zeros(len(idx), dtype=torch.float64, device=nll.device).index_add_(0, rows, nll.double())
         counts = torch.bincount(rows, minlength=len(idx))
         for row, i in enumerate(idx):
@@ -80,8 +82,9 @@ def evaluate(model: Any, tokenizer: Any, template: Template, records: Sequence[R
     was_training = model.training
     model.eval()
     losses = response_loss(model, tokenizer, template, records, cutoff_len, batch_size, data=encoded)
-    answers = generate_answers(model, tokenizer, template, records, settings or GenerationSettings(),
-                               batch_size) if generate else []
+    with autocast(model):
+        answers = generate_answers(model, tokenizer, template, records, settings or GenerationSettings(),
+                                   batch_size) if generate else []
     if was_training:
         model.train()
     acc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))

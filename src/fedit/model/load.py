@@ -54,6 +54,9 @@ def _check_available(device: torch.device, name: str) -> None:
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The dtype the base is stored in. "auto": bf16 on CUDA (fp16 where bf16 is unsupported); on a CPU, bf16 where it
+    has bf16 matrix units (AMX-BF16 or AVX512-BF16: training then runs under bf16 autocast with float32 LoRA, see
+    fedit.model.precision) and float32 where it has not (there bf16 matmuls are emulated and slower than float32)."""
     if dtype != "auto":
         try:
             return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -62,7 +65,11 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
             raise ConfigError(f"model.dtype: got {dtype!r}, expected auto, float32, bfloat16 or float16") from None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32  # bf16 matmuls on CPU are slow and lossy for training
+    if device.type == "cpu":
+        from fedit import env
+
+        return torch.bfloat16 if env.bf16_matrix_units() else torch.float32
+    return torch.float32  # mps
 
 
 def load_tokenizer(name: str) -> Any:

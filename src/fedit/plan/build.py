@@ -196,7 +196,7 @@ def peak_batch(tokenized: list[TokenizedData], micro_batch_size: int) -> PeakBat
         lengths = data.lengths
         top = np.argsort(-lengths, kind="stable")[:micro_batch_size]
         cand = PeakBatch(len(top), int(lengths[top[0]]),
-                         sum(sum(1 for t in data.labels[i][1:] if t != IGNORE_INDEX) for i in top))
+                         sum(int((data.labels[i][1:] != IGNORE_INDEX).sum()) for i in top))
         if cand.rows * cand.width > best.rows * best.width:
             best = cand
     return best

@@ -14,20 +14,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import torch
-
 from fedit.server.validate import update_problem
-from fedit.types import ClientUpdate, Params, payload_bytes
+from fedit.types import ClientUpdate, Params
+from fedit.wire import EXACT, wire_bytes
 
 
 class Sink(Protocol):
     def add(self, update: ClientUpdate) -> None: ...
-
-
-def _tensor_bytes(tensors: Any) -> int:
-    if not isinstance(tensors, Mapping):
-        return 0
-    return payload_bytes({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)})
 
 
 class RoundCollector:
@@ -40,7 +33,7 @@ class RoundCollector:
         self.round_idx, self.wanted = round_idx, set(sampled)
         self.expected, self.expected_extras = expected, expected_extras
         self.bounds, self.max_examples, self.sinks = bounds, max_examples, list(sinks)
-        self.update_bytes = update_bytes or (lambda u: _tensor_bytes(u.params) + _tensor_bytes(u.extras))
+        self.update_bytes = update_bytes or (lambda u: wire_bytes(u.params, EXACT) + wire_bytes(u.extras, EXACT))
         self.accepted: dict[int, dict[str, Any]] = {}  # client id -> its metrics and examples
         self.rejected: dict[int, str] = {}  # client id -> why its update was dropped
         self.seen: dict[int, int] = {}  # client id -> updates received

@@ -4,23 +4,21 @@ aggregate (strategy) -> evaluate -> checkpoint. Engine-agnostic."""
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import torch
 
 from fedit.config import Config
-from fedit.engines.base import Engine, RoundOutcome
+from fedit.engines.base import Engine
 from fedit.errors import ClientError
 from fedit.model.base_delta import BaseWeights
 from fedit.server.checkpoint import RunStore
 from fedit.server.collect import RoundCollector
 from fedit.server.sampling import sample_clients
-from fedit.server.validate import update_problem
 from fedit.strategies._math import AggregationErrorAccumulator
 from fedit.strategies.base import RoundContext, State, Strategy
-from fedit.types import ClientTask, ClientUpdate, Params, RoundResult
+from fedit.types import ClientTask, Params, RoundResult
 from fedit.wire import EXACT, WireFormat, wire_bytes
 
 Evaluate = Callable[[Params], dict[str, Any]]
@@ -47,51 +45,9 @@ class NullReporter:
         pass
 
 
-def screen_updates(round_idx: int, sampled: list[int], outcome: RoundOutcome, expected: Params,
-                   bounds: Mapping[int, int], max_examples: int | None,
-                   expected_extras: Params | None = None) -> tuple[list[ClientUpdate], dict[int, str]]:
-    """The updates a strategy may see, sorted by client id, and every dropped client with its reason.
-
-    An update is rejected when it fails `update_problem` (keys, shapes, dtypes and finite values of its params and
-    extras, `num_examples` within what the client was assigned or `max_examples`, finite metrics), comes from a
-    client not sampled this round, or repeats a client that already sent one.
-    """
-    failures = dict(outcome.failures)
-    accepted: dict[int, ClientUpdate] = {}
-    wanted = set(sampled)
-    count = Counter(u.client_id for u in outcome.updates)
-    for u in outcome.updates:
-        cid = u.client_id
-        caps = [b for b in (bounds.get(cid), max_examples) if b is not None]
-        if cid not in wanted:
-            problem: str | None = f"client {cid} was not sampled in round {round_idx}"
-        elif count[cid] > 1:
-            problem = f"sent {count[cid]} updates in one round"
-        else:
-            problem = update_problem(u, expected, min(caps) if caps else None, expected_extras=expected_extras)
-        if problem is None:
-            failures.pop(cid, None)
-            accepted[cid] = u
-        else:
-            failures[cid] = f"update rejected: {problem}"
-    return [accepted[c] for c in sorted(accepted)], failures
-
-
-def _tensor_bytes(tensors: Any, wire: WireFormat = EXACT) -> int:
-    """Bytes of tensor data in `tensors` as they cross the wire in `wire` (run.wire_dtype: float32 as held)."""
-    if not isinstance(tensors, Mapping):
-        return 0
-    return wire_bytes(tensors, wire)
-
-
-def _received_bytes(outcome: RoundOutcome, wire: WireFormat = EXACT) -> int:
-    """Bytes of tensor data the server received this round (params and extras), rejected updates included."""
-    return sum(_tensor_bytes(u.params, wire) + _tensor_bytes(u.extras, wire) for u in outcome.updates)
-
-
 def _sent_bytes(tasks: Mapping[int, ClientTask], wire: WireFormat = EXACT) -> int:
     """Bytes of tensor data the server sent this round: each client's task, params and extras."""
-    return sum(_tensor_bytes(t.params, wire) + _tensor_bytes(t.extras, wire) for t in tasks.values())
+    return sum(wire_bytes(t.params, wire) + wire_bytes(t.extras, wire) for t in tasks.values())
 
 
 def last_accepted(history: list[dict[str, Any]]) -> dict[int, int]:
@@ -129,7 +85,7 @@ def run_rounds(
     """Run rounds start_round+1 .. cfg.run.rounds; every finished round is checkpointed before the next starts.
 
     Each round: the strategy configures a task per sampled client, the engine trains them and hands each update
-    to a `RoundCollector` as it arrives, which validates it at once (the rules of `screen_updates`), notes its
+    to a `RoundCollector` as it arrives, which validates it at once (server/collect.py states the rules), notes its
     metrics and folds it into the strategy's accumulator and the aggregation-error metric's (a streaming strategy
     thus holds no update past its arrival); the round is saved with the clients' new state and the cumulative
     base delta. `example_bounds` maps a client id to the number of examples the server assigned
@@ -151,7 +107,7 @@ def run_rounds(
         err = AggregationErrorAccumulator(params, ctx.rng("aggregation_error"))
         wire = WireFormat.of(cfg.run)
         collect = RoundCollector(r, sampled, expected, expected_extras, bounds, cfg.run.max_client_examples,
-                                 [acc, err], lambda u, w=wire: _tensor_bytes(u.params, w) + _tensor_bytes(u.extras, w))
+                                 [acc, err], lambda u, w=wire: wire_bytes(u.params, w) + wire_bytes(u.extras, w))
         outcome = engine.train_round(ctx, tasks, rep.client_step, sink=collect)  # folded as they arrive
         collect.add_all(outcome.updates)  # none from an engine that took the sink
         failures = collect.failures(outcome.failures)

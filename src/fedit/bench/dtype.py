@@ -1,0 +1,181 @@
+"""The default run's local training in float32 vs bf16 autocast (issue 14 item 1), and where the time goes.
+
+Work: one round of the embedded default (its config, model and built-in data; the 3 clients a round samples, 20
+local steps of 16 examples each), trained as the run trains it. Contenders, interleaved and repeated:
+  float32  `--dtype float32`, no other speed option (the reference);
+  bf16     `--dtype bfloat16`: the frozen base stored in bf16, forward and backward under CPU bf16 autocast, LoRA
+           weights, gradients and AdamW state in float32 (fedit.model.precision);
+  auto     the default, `model.dtype = "auto"`: bf16 on a CPU with bf16 matrix units, float32 on one without.
+`dtype_speedup` = float32 / auto (the default's training against the same in float32; every speed option the
+default has counts), `dtype_speedup_bf16_only` = float32 / bf16 (precision alone). Today bf16 is the default's
+only such factor, so on a CPU with bf16 units the two agree. `dtype_speedup_dolly256` repeats the pair at Dolly's
+shape (cutoff 256, micro-batch 16: longer rows) where bf16 matmuls pay more. A profile of one client's training in
+each dtype (torch.profiler, self CPU time by operator class) shows where the remaining time goes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from fedit.bench.common import (
+    Row,
+    bench_parser,
+    client_data,
+    interleave,
+    medians,
+    model_name,
+    quiet,
+    ratio,
+    report,
+    set_threads,
+)
+
+# operator classes of the profile: aten op name prefix/substring -> class
+_CLASSES = (
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn", "onednn")),
+    ("attention", ("scaled_dot_product",)),
+    ("dropout (RNG)", ("aten::bernoulli", "aten::uniform", "aten::native_dropout")),
+    ("optimizer", ("Optimizer.", "aten::_foreach", "aten::lerp", "aten::addcmul", "aten::addcdiv")),
+    ("casts and copies", ("aten::copy_", "aten::_to_copy", "aten::to")),
+    ("elementwise", ("aten::mul", "aten::add", "aten::div", "aten::sub", "aten::sqrt", "aten::rsqrt", "aten::pow",
+                     "aten::neg", "aten::silu", "aten::exp", "aten::mean", "aten::sum", "aten::cat",
+                     "aten::fill_", "aten::where", "aten::_log_softmax", "aten::nll_loss", "aten::embedding",
+                     "aten::index", "aten::clamp", "aten::zero_")),
+)
+
+
+def _class_of(name: str) -> str:
+    for cls, keys in _CLASSES:
+        if any(name.startswith(k) or k in name for k in keys):
+            return cls
+    return "other"
+
+
+def profile_shares(train: Any) -> dict[str, float]:
+    """Share of self CPU time per operator class over one call of `train` (the rest: Python and framework)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        train()
+        wall = time.perf_counter() - t0
+    by: dict[str, float] = defaultdict(float)
+    for e in prof.key_averages():
+        by[_class_of(e.key)] += e.self_cpu_time_total / 1e6
+    total = sum(by.values())
+    out = {k: v / total for k, v in sorted(by.items(), key=lambda kv: -kv[1])}
+    out["ops_seconds_over_wall"] = total / wall  # > 1: ops overlap on threads; < 1: time outside the ops
+    return out
+
+
+def _setup(cfg: Any) -> tuple[Any, Any]:
+    from fedit.pipeline import build_model
+
+    bundle = build_model(cfg)
+    return bundle, bundle.trainer.slots.get()
+
+
+def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str | None = None,
+        repeats: int | None = None) -> dict[str, Any]:
+    from fedit.client.train import train_client
+    from fedit.config import Config
+    from fedit.data.tokenize import tokenize_records
+    from fedit.model.load import pick_dtype
+    from fedit.pipeline import prepare_data
+
+    quiet()
+    repeats = repeats or (1 if smoke else (3 if quick else 5))
+    name, desc = model_name(model, smoke)
+    default = Config()
+    steps = 2 if smoke else default.client.local_steps
+    cfg = default.override({"model.name": name, "model.device": "cpu", "client.local_steps": steps})
+    auto = str(pick_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+    clients = list(range(default.run.clients_per_round or max(1, round(default.run.fraction
+                                                                       * default.partition.clients))))
+    prepared = prepare_data(cfg)
+    models = {d: _setup(cfg.override({"model.dtype": d})) for d in ("float32", "bfloat16")}
+    tokenized = {d: [tokenize_records(prepared.client_records[c], b.template, b.tokenizer, cfg.data.cutoff_len,
+                                      cfg.data.train_on_inputs, cfg.data.add_eos) for c in clients]
+                 for d, (b, _) in models.items()}
+    counter = {"round": 0}
+
+    def one_round(dtype: str, ccfg: Any = cfg.client, data: dict[str, list[Any]] = tokenized,
+                  ids: list[int] = clients) -> dict[str, float]:
+        bundle, init = models[dtype]
+        counter["round"] += 1
+        t0 = time.perf_counter()
+        losses, tokens = [], 0
+        for c, td in zip(ids, data[dtype], strict=True):
+            u = train_client(bundle.trainer, init, td, ccfg, client_id=c, round_idx=counter["round"], seed=0)
+            losses.append(u.metrics["loss"])
+            tokens += int(u.metrics["tokens"])
+        sec = time.perf_counter() - t0
+        return {"seconds": sec, "tokens_per_s": tokens / sec, "loss": sum(losses) / len(losses)}
+
+    interleave({d: (lambda d=d: one_round(d)) for d in models}, 1)  # warm-up, not counted
+    runs = interleave({d: (lambda d=d: one_round(d)) for d in models}, repeats)
+    med = {d: medians(r) for d, r in runs.items()}
+    sec = {"float32": med["float32"]["seconds"], "bfloat16": med["bfloat16"]["seconds"]}
+    res: dict[str, Any] = {
+        "benchmark": "dtype", "model": desc, "data": "built-in suite (the embedded default)", "clients": clients,
+        "local_steps": steps, "batch_size": cfg.client.batch_size, "micro_batch_size": cfg.client.micro_batch_size,
+        "repeats": repeats, "auto_dtype": auto, "torch_threads": torch.get_num_threads(),
+        "float32_seconds": sec["float32"], "bf16_seconds": sec["bfloat16"],
+        "float32_tokens_per_s": med["float32"]["tokens_per_s"], "bf16_tokens_per_s": med["bfloat16"]["tokens_per_s"],
+        "float32_loss": med["float32"]["loss"], "bf16_loss": med["bfloat16"]["loss"],
+        "dtype_speedup_bf16_only": ratio(sec["float32"], sec["bfloat16"]),
+        "dtype_speedup": ratio(sec["float32"], sec[auto if auto in sec else "float32"]),
+        "runs": runs,
+    }
+    c0 = clients[0]
+    res["profile"] = {d: profile_shares(lambda d=d: train_client(models[d][0].trainer, models[d][1],
+                                                                 tokenized[d][0], cfg.client, client_id=c0,
+                                                                 round_idx=0, seed=0))
+                      for d in models}
+    if not smoke:  # Dolly's longer rows: where bf16 matmuls pay
+        [dolly], source = client_data(1, 64 if quick else 128, data, smoke, mixed=True)
+        long_cfg = cfg.override({"data.cutoff_len": 256, "data.train_on_inputs": True})
+        long = {d: [tokenize_records(dolly, b.template, b.tokenizer, 256, True, True)] for d, (b, _) in
+                models.items()}
+        lc = long_cfg.client.__class__(**{**long_cfg.client.__dict__, "local_steps": 4 if quick else 8})
+        lruns = interleave({d: (lambda d=d: one_round(d, lc, long, [0])) for d in models}, repeats)
+        lmed = {d: medians(r) for d, r in lruns.items()}
+        res |= {"dolly256_data": source, "dolly256_float32_seconds": lmed["float32"]["seconds"],
+                "dolly256_bf16_seconds": lmed["bfloat16"]["seconds"],
+                "dtype_speedup_dolly256": ratio(lmed["float32"]["seconds"], lmed["bfloat16"]["seconds"])}
+    res["dtype_speedup_target"] = ">= 2.0 (>= 1.5 from bf16 alone)"
+    return res
+
+
+def rows(res: dict[str, Any]) -> list[Row]:
+    out = [
+        Row("dtype model.dtype=auto picks", res["auto_dtype"]),
+        Row("round seconds float32 / bf16", f"{res['float32_seconds']:.2f} / {res['bf16_seconds']:.2f}"),
+        Row("mean loss float32 / bf16", f"{res['float32_loss']:.4f} / {res['bf16_loss']:.4f}"),
+        Row("dtype_speedup (default vs float32)", res["dtype_speedup"], ">= 2.0", res["dtype_speedup"] >= 2.0),
+        Row("dtype_speedup_bf16_only", res["dtype_speedup_bf16_only"], ">= 1.5", res["dtype_speedup_bf16_only"] >= 1.5),
+    ]
+    if "dtype_speedup_dolly256" in res:
+        out.append(Row("bf16 speedup at Dolly, cutoff 256", res["dtype_speedup_dolly256"]))
+    for d, shares in res["profile"].items():
+        top = ", ".join(f"{k} {v:.0%}" for k, v in shares.items() if k != "ops_seconds_over_wall" and v >= 0.02)
+        out.append(Row(f"profile {d} (self CPU time)", top))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = bench_parser(__doc__)
+    ap.add_argument("--repeats", type=int, default=None)
+    a = ap.parse_args(argv)
+    set_threads(a.threads)
+    res = run(a.quick, a.smoke, a.model, a.data, a.repeats)
+    return report(res, f"float32 vs bf16 autocast, the default's round ({res['model']}, medians of "
+                       f"{res['repeats']})", rows(res), a.json)
+
+
+if __name__ == "__main__":
+    main()

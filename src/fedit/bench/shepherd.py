@@ -52,6 +52,31 @@ PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a respo
                    "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
 
 
+def shepherd_tokenize_fn(tokenizer: Any, cutoff_len: int, train_on_inputs: bool) -> Any:
+    """Shepherd's `generate_and_tokenize_prompt` for `datasets.map`: the Alpaca prompt with the response, truncated at
+    the cutoff, EOS appended when there is room; without `train_on_inputs` the prompt's tokens get label -100."""
+
+    def tokenize(prompt: str, add_eos_token: bool = True) -> dict[str, list[int]]:
+        result = tokenizer(prompt, truncation=True, max_length=cutoff_len, padding=False, return_tensors=None)
+        eos = tokenizer.eos_token_id
+        if result["input_ids"][-1] != eos and len(result["input_ids"]) < cutoff_len and add_eos_token:
+            result["input_ids"].append(eos)
+            result["attention_mask"].append(1)
+        result["labels"] = result["input_ids"].copy()
+        return dict(result)
+
+    def generate_and_tokenize_prompt(dp: dict[str, Any]) -> dict[str, list[int]]:
+        tmpl = PROMPT_INPUT if dp["context"] else PROMPT_NO_INPUT
+        user_prompt = tmpl.format(instruction=dp["instruction"], input=dp["context"])
+        full = tokenize(user_prompt + dp["response"])
+        if not train_on_inputs:
+            n = len(tokenize(user_prompt, add_eos_token=False)["input_ids"])
+            full["labels"] = [-100] * n + full["labels"][n:]
+        return full
+
+    return generate_and_tokenize_prompt
+
+
 class ShepherdRounds:
     """Shepherd's round procedure on a live PeftModel; `round(r, client_ids)` returns nothing, writes to `workdir`."""
 
@@ -67,26 +92,10 @@ class ShepherdRounds:
         self.cutoff_len, self.train_on_inputs = cutoff_len, train_on_inputs
         self.gradient_checkpointing, self.use_cpu, self.mixed_bf16 = gradient_checkpointing, use_cpu, mixed_bf16
         self.examples_trained = 0  # every example the Trainers ran, over all rounds and clients
-
-    # -- Shepherd's generate_and_tokenize_prompt -------------------------------------------------------------------
-    def _tokenize(self, prompt: str, add_eos_token: bool = True) -> dict[str, list[int]]:
-        result = self.tokenizer(prompt, truncation=True, max_length=self.cutoff_len, padding=False,
-                                return_tensors=None)
-        eos = self.tokenizer.eos_token_id
-        if result["input_ids"][-1] != eos and len(result["input_ids"]) < self.cutoff_len and add_eos_token:
-            result["input_ids"].append(eos)
-            result["attention_mask"].append(1)
-        result["labels"] = result["input_ids"].copy()
-        return dict(result)
-
-    def _generate_and_tokenize_prompt(self, dp: dict[str, Any]) -> dict[str, list[int]]:
-        tmpl = PROMPT_INPUT if dp["context"] else PROMPT_NO_INPUT
-        user_prompt = tmpl.format(instruction=dp["instruction"], input=dp["context"])
-        full = self._tokenize(user_prompt + dp["response"])
-        if not self.train_on_inputs:
-            n = len(self._tokenize(user_prompt, add_eos_token=False)["input_ids"])
-            full["labels"] = [-100] * n + full["labels"][n:]
-        return full
+        # A plain closure, as Shepherd's: `datasets.map` fingerprints the function it is given by pickling it, and a
+        # bound method would drag this object, the whole model included, into that hash (0.3 s per client per round
+        # on the tiny base: the old baseline's extra cost over the real code)
+        self._generate_and_tokenize_prompt = shepherd_tokenize_fn(self.tokenizer, cutoff_len, train_on_inputs)
 
     def local_dataset(self, cid: int) -> Any:
         """Client `cid`'s training set as Shepherd builds it every round: its JSON file re-read, shuffled, tokenized."""
@@ -278,10 +287,17 @@ def _pair(name: str, records: list[list[Record]], work: Path, *, rounds: int, tr
 def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str | None = None,
         rounds: int | None = None, clients: int | None = None, per_client: int | None = None,
         hand_loop: bool | None = None, gradient_checkpointing: bool = False, train_on_inputs: bool | None = None,
-        lora_targets: list[str] | None = None, same_examples: bool = True) -> dict[str, Any]:
+        lora_targets: list[str] | None = None, same_examples: bool = True,
+        bf16_pair: bool | None = None) -> dict[str, Any]:
     """Both settings by default: the loss on responses only (fedit's default; `shepherd_speedup`) and on prompts
-    too (Shepherd's default; `shepherd_speedup_train_on_inputs`); `train_on_inputs` True/False runs only that one."""
+    too (Shepherd's default; `shepherd_speedup_train_on_inputs`); `train_on_inputs` True/False runs only that one.
+    All in float32. `bf16_pair` (default: on a CPU with bf16 matrix units, and in smoke runs) adds the mixed-precision
+    pair at the first setting: fedit with `model.dtype = "bfloat16"` (bf16 base, CPU bf16 autocast) against the
+    baseline's Trainer with `bf16=True` on the same bf16 base (Shepherd's own setting is fp16 mixed precision on a
+    GPU); `shepherd_speedup_bf16`."""
     import torch
+
+    from fedit.env import bf16_matrix_units
 
     quiet()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -301,6 +317,10 @@ def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str 
     pairs = {toi: _pair(name, records, work / ("toi" if toi else "responses"), rounds=rounds, train_on_inputs=toi,
                         lora_targets=targets, same_examples=same_examples, hand_loop=hand_loop and toi == settings[0],
                         gradient_checkpointing=gradient_checkpointing) for toi in settings}
+    bf16_pair = (smoke or bf16_matrix_units()) if bf16_pair is None else bf16_pair
+    bf16 = _pair(name, records, work / "bf16", rounds=rounds, train_on_inputs=settings[0], lora_targets=targets,
+                 same_examples=same_examples, hand_loop=False, gradient_checkpointing=gradient_checkpointing,
+                 dtype="bfloat16") if bf16_pair else None
     main_pair = pairs[settings[0]]
     res: dict[str, Any] = {
         "benchmark": "shepherd", "model": desc, "data": source, "clients_per_round": clients,
@@ -315,6 +335,10 @@ def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str 
         res["shepherd_speedup_train_on_inputs"] = toi["shepherd_speedup"]
         res["shepherd_speedup_train_on_inputs_cpu_time"] = toi["shepherd_speedup_cpu_time"]
     res["settings"] = {("train_on_inputs" if toi else "responses"): p for toi, p in pairs.items()}
+    if bf16 is not None:
+        res["shepherd_speedup_bf16"] = bf16["shepherd_speedup"]
+        res["shepherd_speedup_bf16_cpu_time"] = bf16["shepherd_speedup_cpu_time"]
+        res["settings"]["bf16"] = bf16
     res["shepherd_speedup_target"] = ">= 2.0"
     res["shepherd_target_met"] = res["shepherd_speedup"] >= 2.0
     return res
@@ -339,6 +363,11 @@ def rows(res: dict[str, Any]) -> list[Row]:
                     f"{toi['shepherd_round_seconds']:.4g} / {toi['fedit_round_seconds']:.4g}"),
                 Row("shepherd_speedup_train_on_inputs", res["shepherd_speedup_train_on_inputs"], "reported"),
                 Row("same, per process CPU second", res["shepherd_speedup_train_on_inputs_cpu_time"], "reported")]
+    if "shepherd_speedup_bf16" in res:
+        b = res["settings"]["bf16"]
+        out += [Row("bf16 (fedit autocast vs Trainer bf16=True): Shepherd / fedit round (s)",
+                    f"{b['shepherd_round_seconds']:.4g} / {b['fedit_round_seconds']:.4g}"),
+                Row("shepherd_speedup_bf16", res["shepherd_speedup_bf16"], "reported")]
     if "hand_loop_round_seconds" in res:
         out += [Row("hand-written loop round, median (s)", res["hand_loop_round_seconds"]),
                 Row("Shepherd / hand loop (reference: 1.2-1.4)", res["shepherd_vs_hand_loop"]),
@@ -372,13 +401,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--same-examples", action=argparse.BooleanOptionalAction, default=True,
                     help="give the baseline only the examples fedit trains (default); --no-same-examples gives it "
                     "every record, also those fedit drops because the cutoff left them without a label token")
+    ap.add_argument("--bf16-pair", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time both contenders in bf16 mixed precision (default: on a CPU with bf16 units)")
     a = ap.parse_args(argv)
     targets = [t.strip() for t in a.lora_targets.split(",") if t.strip()]
     if not targets:
         ap.error(f"--lora-targets: expected module names such as q_proj,v_proj, got {a.lora_targets!r}")
     set_threads(a.threads)
     res = run(a.quick, a.smoke, a.model, a.data, a.rounds, a.clients, a.per_client, a.hand_loop,
-              a.gradient_checkpointing, a.train_on_inputs, targets, a.same_examples)
+              a.gradient_checkpointing, a.train_on_inputs, targets, a.same_examples, a.bf16_pair)
     return report(res, f"Shepherd-style rounds vs fedit ({res['model']}, {res['data']}, {res['clients_per_round']} "
                        f"clients x {res['examples_per_client']} items, {res['rounds']} rounds)", rows(res), a.json)
 

@@ -69,7 +69,7 @@ def test_shepherd_baseline_smoke() -> None:
     res = shepherd.run(smoke=True, hand_loop=True)
     for k in ("fedit_round_seconds", "shepherd_round_seconds", "hand_loop_round_seconds", "shepherd_speedup",
               "shepherd_speedup_cpu_time", "shepherd_speedup_train_on_inputs",
-              "shepherd_speedup_train_on_inputs_cpu_time"):
+              "shepherd_speedup_train_on_inputs_cpu_time", "shepherd_speedup_bf16"):
         assert _positive(res[k]), k
     assert {len(v) for v in res["per_round"].values()} == {res["rounds"]}
     assert res["train_on_inputs"] is False and res["settings"]["train_on_inputs"]["train_on_inputs"] is True

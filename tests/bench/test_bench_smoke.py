@@ -68,9 +68,41 @@ def test_round_overhead_smoke_and_bytes() -> None:
 def test_shepherd_baseline_smoke() -> None:
     res = shepherd.run(smoke=True, hand_loop=True)
     for k in ("fedit_round_seconds", "shepherd_round_seconds", "hand_loop_round_seconds", "shepherd_speedup",
-              "shepherd_speedup_cpu_time"):
+              "shepherd_speedup_cpu_time", "shepherd_speedup_train_on_inputs",
+              "shepherd_speedup_train_on_inputs_cpu_time", "shepherd_speedup_bf16"):
         assert _positive(res[k]), k
     assert {len(v) for v in res["per_round"].values()} == {res["rounds"]}
+    assert res["train_on_inputs"] is False and res["settings"]["train_on_inputs"]["train_on_inputs"] is True
+    for setting in res["settings"].values():  # both contenders trained the same number of examples
+        assert setting["shepherd_examples_per_round"] == setting["fedit_examples_per_round"] > 0
+    json.dumps(res)
+
+
+def test_shepherd_gets_the_examples_fedit_trains(tmp_path: Path, micro_model_dir: Path) -> None:
+    """With the loss on responses only, a record whose prompt fills the cutoff has no label token: fedit drops it,
+    and so the baseline's client file leaves it out; the baseline's dataset is then exactly fedit's examples."""
+    from fedit.bench.common import bench_config, synthetic_records
+    from fedit.data.records import Record
+    from fedit.data.tokenize import tokenize_records
+    from fedit.pipeline import build_model
+
+    cutoff = 256
+    bundle = build_model(bench_config(str(micro_model_dir)))
+    long_prompt = Record(instruction="Summarize this.", context=" ".join(["river"] * 400), response="A river.")
+    recs = [*synthetic_records(12, seed=3), long_prompt]
+    for toi in (False, True):
+        kept = shepherd.trainable_records(recs, bundle.template, bundle.tokenizer, cutoff, toi)
+        fedit_data = tokenize_records(recs, bundle.template, bundle.tokenizer, cutoff, toi, True)
+        assert 0 < len(kept) == len(fedit_data)
+        assert (long_prompt in kept) is toi  # dropped only when the prompt's tokens carry no loss
+        files = shepherd.write_client_files([kept], tmp_path / f"data-{toi}")
+        sh = shepherd.ShepherdRounds(bundle.model, bundle.tokenizer, files, tmp_path / f"work-{toi}", batch_size=4,
+                                     micro_batch_size=2, epochs=1.0, lr=1e-3, cutoff_len=cutoff,
+                                     train_on_inputs=toi)
+        ds = sh.local_dataset(0)
+        assert sorted(zip(ds["instruction"], ds["context"], strict=True)) == sorted(
+            (r.instruction, r.context) for r in kept)
+        assert all(any(t != -100 for t in labels) for labels in ds["labels"])  # every example carries a loss
 
 
 def test_shepherd_round_writes_and_reads_adapters(tmp_path: Path, micro_model_dir: Path) -> None:

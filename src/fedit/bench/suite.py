@@ -28,6 +28,8 @@ HEADLINE = {  # self-explaining top-level keys of the JSON file -> (benchmark, k
     "shepherd_speedup": ("shepherd", "shepherd_speedup"),
     "shepherd_speedup_cpu_time": ("shepherd", "shepherd_speedup_cpu_time"),
     "shepherd_speedup_all_rounds": ("shepherd", "shepherd_speedup_all_rounds"),
+    "shepherd_speedup_train_on_inputs": ("shepherd", "shepherd_speedup_train_on_inputs"),
+    "shepherd_speedup_bf16": ("shepherd", "shepherd_speedup_bf16"),
     "memory_ratio_1000_vs_10": ("scale", "memory_ratio_1000_vs_10"),
     "memory_ratio_200_vs_10_sampled": ("scale", "memory_ratio_200_vs_10_sampled"),
     "aggregation_seconds_per_client": ("scale", "aggregation_seconds_per_client"),
@@ -39,6 +41,7 @@ HEADLINE = {  # self-explaining top-level keys of the JSON file -> (benchmark, k
     "dtype_speedup_dolly256": ("dtype", "dtype_speedup_dolly256"),
 }
 TARGETS = {"throughput_ratio": ">= 1.0", "round_overhead": "<= 1.03", "shepherd_speedup": ">= 2.0",
+           "shepherd_speedup_train_on_inputs": "reported", "shepherd_speedup_bf16": "reported",
            "memory_ratio_1000_vs_10": "<= 1.10",
            "memory_ratio_200_vs_10_sampled": "<= 1.10", "partition_1000_seconds": "< 5",
            "bytes_match_payload_x_clients": "true", "aggregation_linear_r2": "> 0.95 (linear)",

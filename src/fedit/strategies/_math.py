@@ -181,8 +181,8 @@ def aggregation_error(global_params: Params, updates: Sequence[ClientUpdate],
 
     The numerator is the weighted cross-covariance of the clients' deviations that averaging A and B separately
     (FedIT) leaves out. Computed by `AggregationErrorAccumulator`: exact from r x r products while the factors fit
-    `buffer_bytes`, exact from dense products while those fit `budget_bytes`, a seeded sketch estimate beyond. A tensor a client did not send (FFA-LoRA's frozen A) is the
-    global one.
+    `buffer_bytes`, exact from dense products while those fit `budget_bytes`, a seeded sketch estimate beyond. A
+    tensor a client did not send (FFA-LoRA's frozen A) is the global one.
     """
     acc = AggregationErrorAccumulator(global_params, rng, budget_bytes, buffer_bytes)
     for u in updates:

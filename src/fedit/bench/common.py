@@ -244,6 +244,19 @@ def report(res: dict[str, Any], title: str, table: Sequence[Row], json_path: str
     return res
 
 
+def script_main(doc: str | None, run: Callable[..., dict[str, Any]],
+                rows: Callable[[dict[str, Any]], Sequence[Row]], title: Callable[[dict[str, Any]], str],
+                argv: list[str] | None, extra: str = "repeats") -> dict[str, Any]:
+    """A benchmark script's main: the common options plus `--<extra>` (an int handed to `run` after model and
+    data), threads set, the run, its table and JSON."""
+    ap = bench_parser(doc)
+    ap.add_argument(f"--{extra}", type=int, default=None)
+    a = ap.parse_args(argv)
+    set_threads(a.threads)
+    res = run(a.quick, a.smoke, a.model, a.data, getattr(a, extra))
+    return report(res, title(res), rows(res), a.json)
+
+
 def set_threads(n: int | None) -> None:
     """Torch intra-op threads. On a shared, oversubscribed CPU one thread per process is often faster than two
     (threads wait for each other at every op); both contenders always run with the same setting."""

@@ -23,15 +23,13 @@ import torch
 
 from fedit.bench.common import (
     Row,
-    bench_parser,
     client_data,
     interleave,
     medians,
     model_name,
     quiet,
     ratio,
-    report,
-    set_threads,
+    script_main,
 )
 
 # operator classes of the profile: aten op name prefix/substring -> class
@@ -168,13 +166,8 @@ def rows(res: dict[str, Any]) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = bench_parser(__doc__)
-    ap.add_argument("--repeats", type=int, default=None)
-    a = ap.parse_args(argv)
-    set_threads(a.threads)
-    res = run(a.quick, a.smoke, a.model, a.data, a.repeats)
-    return report(res, f"float32 vs bf16 autocast, the default's round ({res['model']}, medians of "
-                       f"{res['repeats']})", rows(res), a.json)
+    return script_main(__doc__, run, rows, lambda res: f"float32 vs bf16 autocast, the default's round "
+                       f"({res['model']}, medians of {res['repeats']})", argv)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,11 @@ from typing import Any
 from fedit.bench.common import (
     Row,
     bench_config,
-    bench_parser,
     client_data,
     median,
     model_name,
     quiet,
-    report,
-    set_threads,
+    script_main,
 )
 
 
@@ -115,13 +113,9 @@ def rows(res: dict[str, Any]) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = bench_parser(__doc__)
-    ap.add_argument("--rounds", type=int, default=None)
-    a = ap.parse_args(argv)
-    set_threads(a.threads)
-    res = run(a.quick, a.smoke, a.model, a.data, a.rounds)
-    return report(res, f"Round overhead ({res['model']}, {res['data']}, {res['clients_per_round']} clients x "
-                       f"{res['examples_per_client']} items, {res['rounds']} rounds)", rows(res), a.json)
+    return script_main(__doc__, run, rows, lambda res: f"Round overhead ({res['model']}, {res['data']}, "
+                       f"{res['clients_per_round']} clients x {res['examples_per_client']} items, "
+                       f"{res['rounds']} rounds)", argv, extra="rounds")
 
 
 if __name__ == "__main__":

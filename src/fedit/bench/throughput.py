@@ -16,15 +16,13 @@ import torch
 from fedit.bench.common import (
     Row,
     bench_config,
-    bench_parser,
     client_data,
     interleave,
     medians,
     model_name,
     quiet,
     ratio,
-    report,
-    set_threads,
+    script_main,
 )
 
 
@@ -139,13 +137,8 @@ def rows(res: dict[str, Any]) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = bench_parser(__doc__)
-    ap.add_argument("--repeats", type=int, default=None)
-    a = ap.parse_args(argv)
-    set_threads(a.threads)
-    res = run(a.quick, a.smoke, a.model, a.data, a.repeats)
-    return report(res, f"Local-training throughput ({res['model']}, {res['data']}, "
-                       f"{res['steps']} steps x {res['batch_size']}, medians of {res['repeats']})", rows(res), a.json)
+    return script_main(__doc__, run, rows, lambda res: f"Local-training throughput ({res['model']}, {res['data']}, "
+                       f"{res['steps']} steps x {res['batch_size']}, medians of {res['repeats']})", argv)
 
 
 if __name__ == "__main__":

@@ -106,14 +106,6 @@ class ExactSum:
         return out
 
 
-def exact_weighted_mean(updates: Sequence[ClientUpdate], field: str = "params") -> dict[str, torch.Tensor]:
-    """sum_k (n_k / n) * w_k per tensor of each update's `field`, in float64, the same bits in any order."""
-    acc = ExactSum()
-    for u in updates:
-        acc.add(getattr(u, field), u.num_examples)
-    return acc.mean()
-
-
 class BufferingAccumulator:
     """The default: keeps every update and hands them, sorted by client id, to `aggregate` at the end (memory
     O(K); for rules that need all updates at once: robust aggregators, FedEx-LoRA)."""

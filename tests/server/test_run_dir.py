@@ -217,7 +217,8 @@ def test_resume_refuses_changed_settings_through_the_library_api(micro_model_dir
     before = tree(out)
     with pytest.raises(CheckpointError, match=r"strategy.name: saved 'fedavg', now 'fedadam'"):
         pipeline.run(base.override({"strategy.name": "fedadam", "run.rounds": 2}), resume=out)
-    with pytest.raises(CheckpointError, match=r"client.lr: saved 0.01, now 0.02.*may change only run.engine"):
+    with pytest.raises(CheckpointError, match=r"client.lr: saved 0.01, now 0.02.*"
+                       r"may change only run.client_cpus, run.client_gpus, run.engine"):
         pipeline.run(base.override({"client.lr": 2e-2, "run.rounds": 2}), resume=out)
     assert tree(out) == before  # refused before anything was touched
     res = pipeline.run(base.override({"run.rounds": 2}), resume=out)

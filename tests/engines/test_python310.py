@@ -65,8 +65,8 @@ def test_the_sources_parse_on_python310(tmp_path: Path) -> None:
         pytest.skip("no Python 3.10 interpreter available")
     # compile a copy, so no __pycache__ of another interpreter lands in the source tree
     shutil.copytree(SRC, tmp_path / "fedit", ignore=shutil.ignore_patterns("__pycache__"))
-    # not this interpreter's PYTHONPATH (Flower's Ray backend puts its sys.path there once a flower-sim run ran in
-    # this process): 3.10 would import 3.11's standard library from it
+    # not this interpreter's PYTHONPATH (a user's, or one a library left set): 3.10 would import 3.11's standard
+    # library from it
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     res = subprocess.run([exe, "-m", "compileall", "-q", str(tmp_path / "fedit")], capture_output=True, text=True,
                          timeout=300, env=env)

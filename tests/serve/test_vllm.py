@@ -277,7 +277,9 @@ NO_VLLM = ("vllm is not importable here and FEDIT_VLLM_PYTHON is unset (it wants
 def run_vllm(cases: list[dict]) -> dict[str, dict]:
     python = vllm_python()
     assert python is not None
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "VLLM_LOGGING_LEVEL": "ERROR", "HF_HUB_OFFLINE": "1"}
+    # the venv's own packages only: a PYTHONPATH made for this interpreter would give it this torch
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env |= {"CUDA_VISIBLE_DEVICES": "", "VLLM_LOGGING_LEVEL": "ERROR", "HF_HUB_OFFLINE": "1"}
     res = subprocess.run([python, "-c", VLLM_SCRIPT], input=json.dumps(cases), capture_output=True, text=True,
                          env=env, timeout=300)
     lines = [x for x in res.stdout.splitlines() if x.startswith("VLLM-RESULT ")]

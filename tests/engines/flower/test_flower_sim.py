@@ -136,10 +136,29 @@ def test_flower_sim_run_equals_simulator(micro_model_dir: Path, tmp_path: Path) 
     })
     simulated = _simulate(cfg.override({"run.out": str(tmp_path / "sim")}))
     lines: list[str] = []
+    pythonpath = os.environ.get("PYTHONPATH")
     result = run_flower_sim(cfg.override({"run.out": str(tmp_path / "run"), "run.engine": "flower-sim"}),
                             threads=1, log=lines.append)
     _check_equal(result, simulated)
+    # Flower's Ray backend writes sys.path into PYTHONPATH; left there, a later subprocess of another Python (the
+    # vLLM venv's, in tests/serve/test_vllm.py) imported this interpreter's torch and failed
+    assert os.environ.get("PYTHONPATH") == pythonpath
     assert any("2 virtual SuperNodes, 4 clients, 1 CPU / 0 GPU per ClientApp process, 1 torch thread" in line
                for line in lines), lines
     assert not [p for p in Path("/tmp").glob("fedit-flower-sim-*") if (p / "app").exists()
                 and str(tmp_path / "run") in (p / "app" / "pyproject.toml").read_text()]  # work dir removed
+
+
+def test_scoped_env_puts_back_what_the_block_set_in_pythonpath(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedit.engines.flower.sim import scoped_env
+
+    monkeypatch.setenv("PYTHONPATH", "/user/own")
+    monkeypatch.delenv("FEDIT_TEST_SCOPED", raising=False)
+    with scoped_env({"FEDIT_TEST_SCOPED": "1"}):
+        assert os.environ["FEDIT_TEST_SCOPED"] == "1"
+        os.environ["PYTHONPATH"] = "/site-packages:/user/own"  # what flwr's init_ray does
+    assert os.environ["PYTHONPATH"] == "/user/own" and "FEDIT_TEST_SCOPED" not in os.environ
+    monkeypatch.delenv("PYTHONPATH")
+    with scoped_env({}):
+        os.environ["PYTHONPATH"] = "/site-packages"
+    assert "PYTHONPATH" not in os.environ

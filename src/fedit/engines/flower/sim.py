@@ -51,10 +51,19 @@ def backend_config(cfg: Config) -> dict[str, Any]:
             "init_args": {"address": "local", "logging_level": "WARNING", "log_to_driver": True}}
 
 
+# Set in os.environ by what runs inside the block, and put back after it: Flower's Ray backend writes this
+# interpreter's sys.path into PYTHONPATH (flwr/server/superlink/fleet/vce/backend/raybackend.py, init_ray) and
+# leaves it there, so every subprocess started later (another Python, a venv) would import these site-packages.
+RESTORED = ("PYTHONPATH",)
+
+
 @contextlib.contextmanager
 def scoped_env(values: dict[str, str]) -> Iterator[None]:
-    """`values` in os.environ while the block runs (Ray's processes, started inside it, inherit them)."""
-    before = {k: os.environ.get(k) for k in values}
+    """`values` in os.environ while the block runs (Ray's processes, started inside it, inherit them).
+
+    On leaving, those keys and RESTORED are as they were before, whatever the block did to them.
+    """
+    before = {k: os.environ.get(k) for k in (*values, *RESTORED)}
     os.environ.update(values)
     try:
         yield

@@ -24,6 +24,7 @@ else:  # pragma: no cover
 ENGINES = ("simulation", "flower", "flower-sim")
 WIRE_DTYPES = ("float32", "bfloat16", "int8")  # fedit.wire: how tensors cross between server and clients
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+DROPOUT_IMPLS = ("auto", "fast", "torch")  # fedit.model.dropout
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -47,6 +48,9 @@ class LoraConfig:
     # every linear layer of the blocks (QLoRA's finding: better than attention-only at the same rank);
     # ["auto"] = the architecture's attention projections (q_proj, v_proj for Llama: the FedIT/Alpaca-LoRA choice)
     targets: list[str] | None = field(default_factory=lambda: ["all-linear"])
+    # how dropout masks are drawn: auto = fast on a CPU (16-bit slices of 64-bit random words, fedit.model.dropout),
+    # torch's nn.Dropout elsewhere | fast | torch
+    dropout_impl: str = "auto"
 
 
 @dataclass
@@ -325,6 +329,7 @@ class Config:
             (lo.r >= 1, "lora.r", lo.r, "an integer >= 1"),
             (lo.alpha > 0, "lora.alpha", lo.alpha, "a number > 0"),
             (0 <= lo.dropout < 1, "lora.dropout", lo.dropout, "a number in [0, 1)"),
+            (lo.dropout_impl in DROPOUT_IMPLS, "lora.dropout_impl", lo.dropout_impl, ", ".join(DROPOUT_IMPLS)),
             (d.cutoff_len >= 8, "data.cutoff_len", d.cutoff_len, "an integer >= 8"),
             (c.warmup_steps >= 0, "client.warmup_steps", c.warmup_steps, "an integer >= 0"),
             (c.weight_decay >= 0, "client.weight_decay", c.weight_decay, "a number >= 0"),

@@ -14,6 +14,9 @@ Not reproduced (all of which would make the baseline slower): 8-bit loading and 
 gradient checkpointing (CUDA only; `--gradient-checkpointing` turns the latter on), the per-client val split.
 Same examples: by default the baseline's client files hold only the records fedit trains (fedit drops those the
 cutoff leaves without a label token); `--no-same-examples` gives it every record, as Shepherd would.
+The model object is shared; the baseline (and the hand loop) run it as plain peft does (`plain_peft`: peft's
+`nn.Dropout`, transformers' default attention), fedit with its own defaults (`lora.dropout_impl = "auto"`: cheaper
+dropout masks on a CPU; eager attention under bf16 autocast at short rows).
 Two settings, both contenders alike: the loss on response tokens only (fedit's default; `shepherd_speedup`) and on
 prompt tokens too (Shepherd's default `train_on_inputs`; `shepherd_speedup_train_on_inputs`). LoRA r=8 on q,k,v,o.
 """
@@ -182,6 +185,25 @@ def write_client_files(records: list[list[Record]], root: Path) -> list[Path]:
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]  # the LoRA targets of the issue's run of the real code
 
 
+@contextlib.contextmanager
+def plain_peft(model: Any) -> Any:
+    """`model` as plain peft + transformers run it while the block runs: peft's `nn.Dropout` masks and transformers'
+    default attention (sdpa), whatever fedit chose for it (`lora.dropout_impl`, `default_attention`); then back."""
+    from fedit.model.dropout import MaskDropout, set_lora_dropout
+
+    base = model.get_base_model()
+    attn = base.config._attn_implementation
+    fast = any(isinstance(m, MaskDropout) for m in model.modules())
+    set_lora_dropout(model, "torch")
+    base.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        if fast:
+            set_lora_dropout(model, "fast")
+        base.set_attn_implementation(attn)
+
+
 def _pair(name: str, records: list[list[Record]], work: Path, *, rounds: int, train_on_inputs: bool,
           lora_targets: list[str], same_examples: bool, hand_loop: bool, gradient_checkpointing: bool,
           dtype: str = "float32") -> dict[str, Any]:
@@ -233,7 +255,8 @@ def _pair(name: str, records: list[list[Record]], work: Path, *, rounds: int, tr
 
     def shepherd_round(r: int) -> None:
         slots.set(shepherd_params["p"])
-        shepherd.round(r, ids)
+        with plain_peft(bundle.model):  # Shepherd runs peft's own dropout and transformers' attention
+            shepherd.round(r, ids)
         shepherd_params["p"] = slots.get()
 
     def hand_round(r: int) -> None:
@@ -241,8 +264,9 @@ def _pair(name: str, records: list[list[Record]], work: Path, *, rounds: int, tr
         for cid in ids:
             slots.set(hand_params["p"])
             steps = math.ceil(len(hand_data[cid]) / batch)
-            plain_loop(bundle.model, hand_data[cid], bundle.tokenizer.pad_token_id, batch_size=batch,
-                       micro_batch_size=micro, steps=steps, lr=lr, seed=r * 1000 + cid)
+            with plain_peft(bundle.model):
+                plain_loop(bundle.model, hand_data[cid], bundle.tokenizer.pad_token_id, batch_size=batch,
+                           micro_batch_size=micro, steps=steps, lr=lr, seed=r * 1000 + cid)
             ups.append(ClientUpdate(cid, slots.get(), len(hand_data[cid])))
         hand_params["p"] = {k: v.float() for k, v in weighted_average(ups).items()}
 

@@ -126,9 +126,13 @@ def bnb_config(quantization: str, compute_dtype: torch.dtype) -> Any:
     raise ConfigError(f"model.quantization: got {quantization!r}, expected 4bit or 8bit")
 
 
-def load_base(cfg: ModelConfig) -> tuple[Any, Any]:
-    """(model, tokenizer) in eval mode with gradients off for the base weights."""
+def load_base(cfg: ModelConfig, max_len: int | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) in eval mode with gradients off for the base weights. `max_len` (the longest row the model
+    will see: the run's cutoff) picks the attention implementation when `cfg.attn_implementation` is unset
+    (`fedit.model.precision.default_attention`)."""
     from transformers import AutoModelForCausalLM
+
+    from fedit.model.precision import default_attention
 
     quiet_transformers()
 
@@ -136,8 +140,9 @@ def load_base(cfg: ModelConfig) -> tuple[Any, Any]:
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     kwargs: dict[str, Any] = {"dtype": dtype}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
+    attn = cfg.attn_implementation or (None if cfg.quantization else default_attention(device, dtype, max_len))
+    if attn:
+        kwargs["attn_implementation"] = attn
     if cfg.quantization:
         check_quantization(cfg.quantization, device)
         kwargs["quantization_config"] = bnb_config(cfg.quantization, dtype)

@@ -108,15 +108,19 @@ def weight_bytes(shape: ModelShape, quantization: str | None) -> int:
     return rest + shape.linear_params + shape.linear_rows * 4
 
 
-def activation_bytes(shape: ModelShape, cfg: Config, batch: PeakBatch, checkpointing: bool = False) -> int:
-    """Live activation peak of one training micro-batch (forward saved tensors + backward in flight)."""
+def activation_bytes(shape: ModelShape, cfg: Config, batch: PeakBatch, checkpointing: bool = False,
+                     device: str = "cpu") -> int:
+    """Live activation peak of one training micro-batch (forward saved tensors + backward in flight) on `device`."""
     d = shape.dims
     h, i, layers, vocab = d["hidden"], d["intermediate"], d["layers"], d["vocab"]
     q_width, kv_width = d["heads"] * d["head_dim"], d["kv_heads"] * d["head_dim"]
     act = torch.empty((), dtype=shape.dtype).element_size()
     tokens = batch.rows * batch.width
     gated = shape.model_type in GATED_MLP
-    eager = cfg.model.attn_implementation == "eager"
+    from fedit.model.precision import default_attention
+
+    attn = cfg.model.attn_implementation or default_attention(torch.device(device), shape.dtype, cfg.data.cutoff_len)
+    eager = attn == "eager"
     # per token, per layer, in bytes
     norms = 2 * 4 * h  # RMSNorm upcasts to float32 and keeps its input
     attention = act * (2 * q_width + 2 * kv_width) + 4 * d["heads"]  # q, k, v, output, log-sum-exp
@@ -144,7 +148,7 @@ def estimate_memory(shape: ModelShape, cfg: Config, batch: PeakBatch, trainable:
     adapter_elem = next(iter(shape.payload.values())).element_size() if shape.payload else 4
     adapter = shape.adapter_params * adapter_elem
     factor = allocator_factor(device)
-    act = activation_bytes(shape, cfg, batch)
+    act = activation_bytes(shape, cfg, batch, device=device)
     components = {
         "process" if device == "cpu" else "CUDA context": process_bytes if device == "cpu" else CUDA_CONTEXT_BYTES,
         "base weights": weight_bytes(shape, cfg.model.quantization),
@@ -162,4 +166,5 @@ def estimate_memory(shape: ModelShape, cfg: Config, batch: PeakBatch, trainable:
         notes.append("GPU memory; the process's host memory (torch, the data) is not included; not measured on a GPU")
     if shape.model_type not in GATED_MLP:
         notes.append(f"activations use the Llama-family layout; {shape.model_type!r} may differ")
-    return MemoryEstimate(device, components, activation_bytes(shape, cfg, batch, checkpointing=True), factor, notes)
+    return MemoryEstimate(device, components, activation_bytes(shape, cfg, batch, checkpointing=True, device=device),
+                          factor, notes)

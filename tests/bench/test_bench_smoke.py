@@ -34,14 +34,18 @@ def test_throughput_smoke() -> None:
 
 def test_dtype_smoke_and_profile() -> None:
     res = dtype.run(smoke=True)
-    for k in ("float32_seconds", "bf16_seconds", "dtype_speedup", "dtype_speedup_bf16_only", "float32_loss",
-              "bf16_loss"):
+    names = ("float32", "bf16", "fast_dropout", "auto")
+    assert tuple(res["contenders"]) == names
+    for k in ("dtype_speedup", "dtype_speedup_bf16_only", "dtype_speedup_dropout_only",
+              *(f"{d}_{m}" for d in names for m in ("seconds", "loss"))):
         assert _positive(res[k]), k
     assert res["auto_dtype"] in ("float32", "bfloat16")
-    if res["auto_dtype"] == "bfloat16":  # the default is bf16 and nothing else: the two factors are one
-        assert res["dtype_speedup"] == res["dtype_speedup_bf16_only"]
-    assert abs(res["float32_loss"] - res["bf16_loss"]) < 0.05 * res["float32_loss"]
-    for d in ("float32", "bfloat16"):
+    # the reference is float32 with SDPA; bf16 at the default's cutoff (256) takes eager attention
+    assert res["attention"]["float32"] == "sdpa" and res["attention"]["bf16"] == "eager"
+    assert res["attention"]["auto"] == ("eager" if res["auto_dtype"] == "bfloat16" else "sdpa")
+    for d in names[1:]:
+        assert abs(res["float32_loss"] - res[f"{d}_loss"]) < 0.05 * res["float32_loss"], d
+    for d in names:
         shares = {k: v for k, v in res["profile"][d].items() if k != "ops_seconds_over_wall"}
         assert abs(sum(shares.values()) - 1) < 1e-6 and shares.get("matmul", 0) > 0
         assert set(shares) <= {c for c, _ in dtype._CLASSES} | {"other"}

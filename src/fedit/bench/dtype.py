@@ -1,16 +1,19 @@
-"""The default run's local training in float32 vs bf16 autocast (issue 14 item 1), and where the time goes.
+"""The default run's local training against the same in float32 with no other speed option (issue 14 item 1), each
+factor alone, and where the time goes.
 
 Work: one round of the embedded default (its config, model and built-in data; the 3 clients a round samples, 20
 local steps of 16 examples each), trained as the run trains it. Contenders, interleaved and repeated:
-  float32  `--dtype float32`, no other speed option (the reference);
-  bf16     `--dtype bfloat16`: the frozen base stored in bf16, forward and backward under CPU bf16 autocast, LoRA
-           weights, gradients and AdamW state in float32 (fedit.model.precision);
-  auto     the default, `model.dtype = "auto"`: bf16 on a CPU with bf16 matrix units, float32 on one without.
-`dtype_speedup` = float32 / auto (the default's training against the same in float32; every speed option the
-default has counts), `dtype_speedup_bf16_only` = float32 / bf16 (precision alone). Today bf16 is the default's
-only such factor, so on a CPU with bf16 units the two agree. `dtype_speedup_dolly256` repeats the pair at Dolly's
-shape (cutoff 256, micro-batch 16: longer rows) where bf16 matmuls pay more. A profile of one client's training in
-each dtype (torch.profiler, self CPU time by operator class) shows where the remaining time goes.
+  float32   `--dtype float32 --set lora.dropout_impl=torch`: no speed option (the reference; SDPA attention);
+  bf16      `--dtype bfloat16 --set lora.dropout_impl=torch`: precision alone: the frozen base stored in bf16,
+            forward and backward under CPU bf16 autocast with the attention it picks (eager for rows <= 256 tokens,
+            fedit.model.precision.default_attention), LoRA weights, gradients and AdamW state in float32;
+  fast_dropout  `--dtype float32`: the cheaper CPU dropout masks alone (fedit.model.dropout);
+  auto      the default (`model.dtype = "auto"`, `lora.dropout_impl = "auto"`): bf16 on a CPU with bf16 matrix
+            units, float32 on one without; the cheaper masks on any CPU.
+`dtype_speedup` = float32 / auto (every speed option the default has counts), `dtype_speedup_bf16_only` = float32 /
+bf16, `dtype_speedup_dropout_only` = float32 / fast_dropout. `dtype_speedup_dolly256` repeats float32 vs auto at
+Dolly's shape (cutoff 256, loss on prompts too: longer rows), where bf16 matmuls pay more. A profile of one client's
+training by each contender (torch.profiler, self CPU time by operator class) shows where the remaining time goes.
 """
 
 from __future__ import annotations
@@ -36,14 +39,24 @@ from fedit.bench.common import (
 _CLASSES = (
     ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn", "onednn")),
     ("attention", ("scaled_dot_product",)),
-    ("dropout (RNG)", ("aten::bernoulli", "aten::uniform", "aten::native_dropout")),
+    # peft's nn.Dropout draws with bernoulli; fedit's CPU masks with random_ (their compare and select: elementwise)
+    ("dropout (RNG)", ("aten::bernoulli", "aten::uniform", "aten::native_dropout", "aten::random_")),
     ("optimizer", ("Optimizer.", "aten::_foreach", "aten::lerp", "aten::addcmul", "aten::addcdiv")),
     ("casts and copies", ("aten::copy_", "aten::_to_copy", "aten::to")),
     ("elementwise", ("aten::mul", "aten::add", "aten::div", "aten::sub", "aten::sqrt", "aten::rsqrt", "aten::pow",
                      "aten::neg", "aten::silu", "aten::exp", "aten::mean", "aten::sum", "aten::cat",
                      "aten::fill_", "aten::where", "aten::_log_softmax", "aten::nll_loss", "aten::embedding",
-                     "aten::index", "aten::clamp", "aten::zero_")),
+                     "aten::index", "aten::clamp", "aten::zero_", "aten::ge", "aten::lt")),
 )
+
+
+# contender -> its settings over the default config (module docstring)
+CONTENDERS: dict[str, dict[str, str]] = {
+    "float32": {"model.dtype": "float32", "lora.dropout_impl": "torch"},
+    "bf16": {"model.dtype": "bfloat16", "lora.dropout_impl": "torch"},
+    "fast_dropout": {"model.dtype": "float32"},
+    "auto": {},
+}
 
 
 def _class_of(name: str) -> str:
@@ -95,7 +108,7 @@ def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str 
     clients = list(range(default.run.clients_per_round or max(1, round(default.run.fraction
                                                                        * default.partition.clients))))
     prepared = prepare_data(cfg)
-    models = {d: _setup(cfg.override({"model.dtype": d})) for d in ("float32", "bfloat16")}
+    models = {d: _setup(cfg.override(over)) for d, over in CONTENDERS.items()}
     tokenized = {d: [tokenize_records(prepared.client_records[c], b.template, b.tokenizer, cfg.data.cutoff_len,
                                       cfg.data.train_on_inputs, cfg.data.add_eos) for c in clients]
                  for d, (b, _) in models.items()}
@@ -117,16 +130,19 @@ def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str 
     interleave({d: (lambda d=d: one_round(d)) for d in models}, 1)  # warm-up, not counted
     runs = interleave({d: (lambda d=d: one_round(d)) for d in models}, repeats)
     med = {d: medians(r) for d, r in runs.items()}
-    sec = {"float32": med["float32"]["seconds"], "bfloat16": med["bfloat16"]["seconds"]}
+    sec = {d: m["seconds"] for d, m in med.items()}
     res: dict[str, Any] = {
         "benchmark": "dtype", "model": desc, "data": "built-in suite (the embedded default)", "clients": clients,
         "local_steps": steps, "batch_size": cfg.client.batch_size, "micro_batch_size": cfg.client.micro_batch_size,
         "repeats": repeats, "auto_dtype": auto, "torch_threads": torch.get_num_threads(),
-        "float32_seconds": sec["float32"], "bf16_seconds": sec["bfloat16"],
-        "float32_tokens_per_s": med["float32"]["tokens_per_s"], "bf16_tokens_per_s": med["bfloat16"]["tokens_per_s"],
-        "float32_loss": med["float32"]["loss"], "bf16_loss": med["bfloat16"]["loss"],
-        "dtype_speedup_bf16_only": ratio(sec["float32"], sec["bfloat16"]),
-        "dtype_speedup": ratio(sec["float32"], sec[auto if auto in sec else "float32"]),
+        "contenders": {d: " ".join(f"{k}={v}" for k, v in over.items()) or "the default" for d, over in
+                       CONTENDERS.items()},
+        "attention": {d: b.model.get_base_model().config._attn_implementation for d, (b, _) in models.items()},
+        **{f"{d}_seconds": sec[d] for d in models}, **{f"{d}_tokens_per_s": med[d]["tokens_per_s"] for d in models},
+        **{f"{d}_loss": med[d]["loss"] for d in models},
+        "dtype_speedup_bf16_only": ratio(sec["float32"], sec["bf16"]),
+        "dtype_speedup_dropout_only": ratio(sec["float32"], sec["fast_dropout"]),
+        "dtype_speedup": ratio(sec["float32"], sec["auto"]),
         "runs": runs,
     }
     c0 = clients[0]
@@ -134,31 +150,33 @@ def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str 
                                                                  tokenized[d][0], cfg.client, client_id=c0,
                                                                  round_idx=0, seed=0))
                       for d in models}
-    if not smoke:  # Dolly's longer rows: where bf16 matmuls pay
+    if not smoke:  # Dolly's longer rows: where bf16 matmuls pay (the models' cutoff is the default's, 256)
         [dolly], source = client_data(1, 64 if quick else 128, data, smoke, mixed=True)
-        long_cfg = cfg.override({"data.cutoff_len": 256, "data.train_on_inputs": True})
-        long = {d: [tokenize_records(dolly, b.template, b.tokenizer, 256, True, True)] for d, (b, _) in
-                models.items()}
-        lc = long_cfg.client.__class__(**{**long_cfg.client.__dict__, "local_steps": 4 if quick else 8})
-        lruns = interleave({d: (lambda d=d: one_round(d, lc, long, [0])) for d in models}, repeats)
+        pair = ("float32", "auto")
+        long = {d: [tokenize_records(dolly, models[d][0].template, models[d][0].tokenizer, 256, True, True)]
+                for d in pair}
+        lc = cfg.client.__class__(**{**cfg.client.__dict__, "local_steps": 4 if quick else 8})
+        lruns = interleave({d: (lambda d=d: one_round(d, lc, long, [0])) for d in pair}, repeats)
         lmed = {d: medians(r) for d, r in lruns.items()}
         res |= {"dolly256_data": source, "dolly256_float32_seconds": lmed["float32"]["seconds"],
-                "dolly256_bf16_seconds": lmed["bfloat16"]["seconds"],
-                "dtype_speedup_dolly256": ratio(lmed["float32"]["seconds"], lmed["bfloat16"]["seconds"])}
+                "dolly256_auto_seconds": lmed["auto"]["seconds"],
+                "dtype_speedup_dolly256": ratio(lmed["float32"]["seconds"], lmed["auto"]["seconds"])}
     res["dtype_speedup_target"] = ">= 2.0 (>= 1.5 from bf16 alone)"
     return res
 
 
 def rows(res: dict[str, Any]) -> list[Row]:
+    names = list(CONTENDERS)
     out = [
         Row("dtype model.dtype=auto picks", res["auto_dtype"]),
-        Row("round seconds float32 / bf16", f"{res['float32_seconds']:.2f} / {res['bf16_seconds']:.2f}"),
-        Row("mean loss float32 / bf16", f"{res['float32_loss']:.4f} / {res['bf16_loss']:.4f}"),
+        Row(f"round seconds {' / '.join(names)}", " / ".join(f"{res[f'{d}_seconds']:.2f}" for d in names)),
+        Row("mean loss", " / ".join(f"{res[f'{d}_loss']:.4f}" for d in names)),
         Row("dtype_speedup (default vs float32)", res["dtype_speedup"], ">= 2.0", res["dtype_speedup"] >= 2.0),
         Row("dtype_speedup_bf16_only", res["dtype_speedup_bf16_only"], ">= 1.5", res["dtype_speedup_bf16_only"] >= 1.5),
+        Row("dtype_speedup_dropout_only", res["dtype_speedup_dropout_only"]),
     ]
     if "dtype_speedup_dolly256" in res:
-        out.append(Row("bf16 speedup at Dolly, cutoff 256", res["dtype_speedup_dolly256"]))
+        out.append(Row("default vs float32 at Dolly, cutoff 256", res["dtype_speedup_dolly256"]))
     for d, shares in res["profile"].items():
         top = ", ".join(f"{k} {v:.0%}" for k, v in shares.items() if k != "ops_seconds_over_wall" and v >= 0.02)
         out.append(Row(f"profile {d} (self CPU time)", top))

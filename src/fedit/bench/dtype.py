@@ -112,16 +112,18 @@ def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str 
     tokenized = {d: [tokenize_records(prepared.client_records[c], b.template, b.tokenizer, cfg.data.cutoff_len,
                                       cfg.data.train_on_inputs, cfg.data.add_eos) for c in clients]
                  for d, (b, _) in models.items()}
-    counter = {"round": 0}
+    # each contender's k-th call trains round k: the same batches for every contender in a repeat (rounds sample
+    # different examples, and with length grouping their rows differ in length, so unequal rounds are unequal work)
+    counter = {d: 0 for d in models}
 
     def one_round(dtype: str, ccfg: Any = cfg.client, data: dict[str, list[Any]] = tokenized,
                   ids: list[int] = clients) -> dict[str, float]:
         bundle, init = models[dtype]
-        counter["round"] += 1
+        counter[dtype] += 1
         t0 = time.perf_counter()
         losses, tokens = [], 0
         for c, td in zip(ids, data[dtype], strict=True):
-            u = train_client(bundle.trainer, init, td, ccfg, client_id=c, round_idx=counter["round"], seed=0)
+            u = train_client(bundle.trainer, init, td, ccfg, client_id=c, round_idx=counter[dtype], seed=0)
             losses.append(u.metrics["loss"])
             tokens += int(u.metrics["tokens"])
         sec = time.perf_counter() - t0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,8 +131,19 @@ def _engine(grid: StandInGrid, hosted: dict[int, list[int]], **kw) -> FlowerEngi
 
 
 def _bad_array(content: RecordDict, c: int) -> None:
-    content[f"client.{c}.arrays"]["m.lora_A.weight"] = Array(dtype="float32", shape=(2, 3), stype="numpy.ndarray",
-                                                            data=b"not an npy buffer")
+    content[f"client.{c}.arrays"]["packed"] = Array(dtype="uint8", shape=(17,), stype="numpy.ndarray",
+                                                   data=b"not an npy buffer")
+
+
+def _layout(**fields) -> Callable[[RecordDict, int], None]:
+    def change(content: RecordDict, c: int) -> None:
+        content[f"client.{c}.layout"] = ConfigRecord(dict(content[f"client.{c}.layout"]) | fields)
+    return change
+
+
+def _bad_blob(content: RecordDict, c: int) -> None:  # the packed bytes are fine, a tensor's .npy bytes are not
+    n = sum(content[f"client.{c}.layout"]["lengths"])
+    content[f"client.{c}.arrays"]["packed"] = Array.from_numpy_ndarray(np.full(n, 7, dtype=np.uint8))
 
 
 def _set_status(**fields) -> Callable[[RecordDict, int], None]:
@@ -155,11 +167,14 @@ MALFORMED: dict[str, tuple[Behaviour, str]] = {
     "no num_examples": (mangled(lambda rd, c: rd.__setitem__(f"client.{c}.metrics", MetricRecord({"loss": 1.0}))),
                         "has no num_examples"),
     "undecodable array": (mangled(_bad_array), "malformed update for client"),
-    "unknown dtype name": (mangled(lambda rd, c: rd.__setitem__(
-        f"client.{c}.dtypes", ConfigRecord({"m.lora_A.weight": "float99", "m.lora_B.weight": "float32"}))),
-        "unknown tensor dtype 'float99'"),
-    "dtypes name other tensors": (mangled(lambda rd, c: rd.__setitem__(
-        f"client.{c}.dtypes", ConfigRecord({"other": "float32"}))), "arrays and dtypes name different tensors"),
+    "undecodable tensor bytes": (mangled(_bad_blob), "malformed update for client"),
+    "unknown dtype name": (mangled(_layout(dtypes=["float99", "float32"])), "unknown tensor dtype 'float99'"),
+    "layout names other tensors": (mangled(_layout(keys=["other"])), "layout.dtypes must name a dtype for each of "
+                                                                     "the 1 tensors"),
+    "lengths do not add up": (mangled(_layout(lengths=[1, 2])), "the packed array is uint8 of shape"),
+    "missing layout": (mangled(lambda rd, c: rd.__delitem__(f"client.{c}.layout")), "no 'client.{c}.layout' record"),
+    "two arrays": (mangled(lambda rd, c: rd[f"client.{c}.arrays"].__setitem__(
+        "extra", Array.from_numpy_ndarray(np.zeros(1, dtype=np.uint8)))), "arrays must hold one array 'packed'"),
     "arrays of the wrong record type": (mangled(lambda rd, c: rd.__setitem__(
         f"client.{c}.arrays", ConfigRecord({"m.lora_A.weight": 1}))),
         "'client.2.arrays' is a ConfigRecord, expected ArrayRecord"),

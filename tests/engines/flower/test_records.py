@@ -141,3 +141,21 @@ def test_unknown_dtype_is_refused() -> None:
         numpy_to_tensor(arr, "float99")
     with pytest.raises(ValueError, match="sender said"):
         numpy_to_tensor(arr, "float16")
+
+
+def test_a_tensor_dict_is_one_packed_array_with_its_layout() -> None:
+    from fedit.engines.flower.records import PACKED, unpack
+
+    params = _payload()
+    rd = RecordDict()
+    put_params(rd, "global", params)
+    arrays, layout = rd["global.arrays"], rd["global.layout"]
+    # one object for Flower to move, whatever the number of tensors (it moves each Array as its own object)
+    assert list(arrays.keys()) == [PACKED] and len(params) > 1
+    keys, dtypes, blobs = unpack(arrays, layout)
+    assert keys == list(params) and [dtypes[k] for k in keys] == [str(t.dtype).removeprefix("torch.")
+                                                                 for t in params.values()]
+    # the packed bytes are each tensor's .npy bytes, back to back, in payload order
+    want = b"".join(npy_bytes(tensor_to_numpy(t)[0]) for t in params.values())
+    assert b"".join(blobs) == want and arrays[PACKED].numpy().tobytes() == want
+    assert list(layout["lengths"]) == [len(npy_bytes(tensor_to_numpy(t)[0])) for t in params.values()]

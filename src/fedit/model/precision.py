@@ -49,8 +49,9 @@ def autocast(model: Any) -> contextlib.AbstractContextManager[Any]:
 
 
 # Under CPU bf16 autocast, transformers' eager attention (bf16 matmuls, softmax in float32) is faster than torch's
-# CPU SDPA kernel for short rows and slower for long ones. Tiny base, one training step, bf16 autocast (eager / sdpa
-# time): 0.75 at 16 x 64 tokens, 0.92 at 16 x 256, 1.10 at 8 x 512, 1.77 at 4 x 1024 (docs/benchmarks.md).
+# CPU SDPA kernel for short rows and slower for long ones. Tiny base, one training step, bf16 autocast, eager / sdpa
+# time (benchmarks/cpu_attention.py): 0.87 at 16 x 64 tokens, 0.96 at 16 x 256, 0.94-1.10 at 8 x 512 (runs
+# disagree), 1.83 at 4 x 1024, 2.05 at 2 x 2048 (docs/benchmarks.md). The bound stays where eager never lost.
 EAGER_MAX_LEN = 256
 
 

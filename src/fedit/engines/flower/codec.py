@@ -47,3 +47,13 @@ def npy_bytes(arr: np.ndarray) -> bytes:
 
 def npy_load(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def params_npy(params: dict[str, torch.Tensor]) -> tuple[list[str], dict[str, str], list[bytes]]:
+    """(keys in order, torch dtype name by key, .npy bytes per key): a tensor dict as it travels."""
+    dtypes: dict[str, str] = {}
+    blobs = []
+    for k, t in params.items():
+        arr, dtypes[k] = tensor_to_numpy(t)
+        blobs.append(npy_bytes(arr))
+    return list(params), dtypes, blobs

@@ -65,13 +65,9 @@ def unpack(arrays: ArrayRecord, layout: ConfigRecord) -> tuple[list[str], dict[s
 
 def params_to_records(params: Params) -> tuple[ArrayRecord, ConfigRecord]:
     """(arrays, layout): the tensors packed into one Array in payload order, with each one's torch dtype."""
-    from fedit.engines.flower.codec import npy_bytes, tensor_to_numpy
+    from fedit.engines.flower.codec import params_npy
 
-    blobs, dtypes = [], {}
-    for key, t in params.items():
-        arr, dtypes[key] = tensor_to_numpy(t)
-        blobs.append(npy_bytes(arr))
-    return pack(list(params), dtypes, blobs)
+    return pack(*params_npy(params))
 
 
 def records_to_params(arrays: ArrayRecord, layout: ConfigRecord) -> Params:
@@ -213,7 +209,7 @@ def read_status(content: RecordDict) -> dict[int, str]:
     return dict(zip(failed, reasons, strict=True))
 
 
-# ---- raw form for the warm node worker: (.npy bytes, dtype name, shape) per key, no torch needed ----------------
+# ---- raw form for the warm node worker: (.npy bytes, torch dtype name) per key, no torch needed ------------------
 def raw_params(content: RecordDict, prefix: str) -> tuple[list[str], dict[str, str], list[bytes]]:
     return unpack(_record(content, f"{prefix}.arrays", ArrayRecord), _record(content, f"{prefix}.layout", ConfigRecord))
 

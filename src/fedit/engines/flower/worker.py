@@ -116,19 +116,12 @@ def request(socket_path: str | Path, header: dict[str, Any], buffers: list[bytes
             raise WorkerUnavailable(f"the node worker at {socket_path} went away mid-request: {e}") from e
 
 
-# ---- the socket form: a JSON entry per tensor group (keys, shapes, dtypes) plus one .npy buffer per tensor -------
+# ---- the socket form: a JSON entry per tensor group (keys, torch dtypes) plus one .npy buffer per tensor ---------
 def encode_params(params: Params) -> tuple[dict[str, Any], list[bytes]]:
-    from fedit.engines.flower.codec import npy_bytes, tensor_to_numpy
+    from fedit.engines.flower.codec import params_npy
 
-    entry: dict[str, Any] = {"keys": [], "shapes": [], "wire_dtypes": [], "dtypes": {}}
-    buffers = []
-    for k, t in params.items():
-        arr, entry["dtypes"][k] = tensor_to_numpy(t)
-        entry["keys"].append(k)
-        entry["shapes"].append(list(arr.shape))
-        entry["wire_dtypes"].append(str(arr.dtype))
-        buffers.append(npy_bytes(arr))
-    return entry, buffers
+    keys, dtypes, buffers = params_npy(params)
+    return {"keys": keys, "dtypes": dtypes}, buffers
 
 
 def encode_update(update: ClientUpdate) -> tuple[dict[str, Any], list[bytes]]:

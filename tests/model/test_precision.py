@@ -102,15 +102,16 @@ def test_bf16_base_keeps_lora_and_optimizer_in_fp32_and_is_bit_identical(pair) -
 
 
 def test_default_attention_is_eager_only_for_a_bf16_cpu_base_at_short_rows() -> None:
-    from fedit.model.precision import EAGER_MAX_LEN, default_attention
+    from fedit.model.precision import EAGER_MAX_LEN, pick_attention
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert EAGER_MAX_LEN == 256
-    assert default_attention(cpu, torch.bfloat16, 256) == "eager"
-    assert default_attention(cpu, torch.bfloat16, 257) is None  # long rows: SDPA (measured faster from 512 on)
-    assert default_attention(cpu, torch.bfloat16, None) is None  # row length unknown (serving, export)
-    assert default_attention(cpu, torch.float32, 64) is None  # float32: SDPA is the faster one
-    assert default_attention(cuda, torch.bfloat16, 64) is None
+    assert pick_attention(None, cpu, torch.bfloat16, 256) == "eager"
+    assert pick_attention(None, cpu, torch.bfloat16, 257) is None  # long rows: SDPA (measured faster from 512 on)
+    assert pick_attention(None, cpu, torch.bfloat16, None) is None  # row length unknown (serving, export)
+    assert pick_attention(None, cpu, torch.float32, 64) is None  # float32: SDPA is the faster one
+    assert pick_attention(None, cuda, torch.bfloat16, 64) is None
+    assert pick_attention("sdpa", cpu, torch.bfloat16, 64) == "sdpa"  # an explicit setting always wins
 
 
 @pytest.mark.parametrize(("settings", "want"), [
@@ -119,7 +120,7 @@ def test_default_attention_is_eager_only_for_a_bf16_cpu_base_at_short_rows() -> 
     ({"model.dtype": "float32", "data.cutoff_len": 64}, "sdpa"),
     ({"model.dtype": "bfloat16", "data.cutoff_len": 64, "model.attn_implementation": "sdpa"}, "sdpa"),
 ])
-def test_the_pipeline_loads_the_attention_default_attention_picks(micro_model_dir, settings, want) -> None:
+def test_the_pipeline_loads_the_attention_pick_attention_picks(micro_model_dir, settings, want) -> None:
     from fedit.config import Config
     from fedit.pipeline import build_model
 

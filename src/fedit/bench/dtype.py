@@ -6,7 +6,7 @@ local steps of 16 examples each), trained as the run trains it. Contenders, inte
   float32   `--dtype float32 --set lora.dropout_impl=torch`: no speed option (the reference; SDPA attention);
   bf16      `--dtype bfloat16 --set lora.dropout_impl=torch`: precision alone: the frozen base stored in bf16,
             forward and backward under CPU bf16 autocast with the attention it picks (eager for rows <= 256 tokens,
-            fedit.model.precision.default_attention), LoRA weights, gradients and AdamW state in float32;
+            fedit.model.precision.pick_attention), LoRA weights, gradients and AdamW state in float32;
   fast_dropout  `--dtype float32`: the cheaper CPU dropout masks alone (fedit.model.dropout);
   auto      the default (`model.dtype = "auto"`, `lora.dropout_impl = "auto"`): bf16 on a CPU with bf16 matrix
             units, float32 on one without; the cheaper masks on any CPU.

@@ -188,7 +188,7 @@ QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]  # the LoRA targets of the issue
 @contextlib.contextmanager
 def plain_peft(model: Any) -> Any:
     """`model` as plain peft + transformers run it while the block runs: peft's `nn.Dropout` masks and transformers'
-    default attention (sdpa), whatever fedit chose for it (`lora.dropout_impl`, `default_attention`); then back."""
+    default attention (sdpa), whatever fedit chose for it (`lora.dropout_impl`, `pick_attention`); then back."""
     from fedit.model.dropout import MaskDropout, set_lora_dropout
 
     base = model.get_base_model()

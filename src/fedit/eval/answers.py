@@ -129,7 +129,7 @@ def load_target(adapter: Path | None, model: str | None = None, template: str | 
     if name is None and adapter_dir is not None:
         name = read_adapter_config(adapter_dir).get("base_model_name_or_path")
     name = name or "tiny"
-    # the attention the run trained and evaluated with (`default_attention` follows the cutoff), so a run's own
+    # the attention the run trained and evaluated with (`pick_attention` follows the cutoff), so a run's own
     # held-out set scores as the run scored it
     base, tok = load_base(ModelConfig(name=name, device=device, dtype=dtype,
                                       attn_implementation=cfg.model.attn_implementation), max_len=cfg.data.cutoff_len)

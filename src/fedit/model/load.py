@@ -129,10 +129,10 @@ def bnb_config(quantization: str, compute_dtype: torch.dtype) -> Any:
 def load_base(cfg: ModelConfig, max_len: int | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) in eval mode with gradients off for the base weights. `max_len` (the longest row the model
     will see: the run's cutoff) picks the attention implementation when `cfg.attn_implementation` is unset
-    (`fedit.model.precision.default_attention`)."""
+    (`fedit.model.precision.pick_attention`)."""
     from transformers import AutoModelForCausalLM
 
-    from fedit.model.precision import default_attention
+    from fedit.model.precision import pick_attention
 
     quiet_transformers()
 
@@ -140,7 +140,7 @@ def load_base(cfg: ModelConfig, max_len: int | None = None) -> tuple[Any, Any]:
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     kwargs: dict[str, Any] = {"dtype": dtype}
-    attn = cfg.attn_implementation or (None if cfg.quantization else default_attention(device, dtype, max_len))
+    attn = pick_attention(cfg.attn_implementation, device, dtype, max_len)
     if attn:
         kwargs["attn_implementation"] = attn
     if cfg.quantization:

@@ -55,10 +55,12 @@ def autocast(model: Any) -> contextlib.AbstractContextManager[Any]:
 EAGER_MAX_LEN = 256
 
 
-def default_attention(device: torch.device, dtype: torch.dtype, max_len: int | None) -> str | None:
-    """The attention implementation when `model.attn_implementation` is unset: "eager" for a bf16 base on a CPU
-    (autocast) when no row is longer than EAGER_MAX_LEN tokens (`max_len`, the run's cutoff; None: unknown), else None
-    (transformers' default, sdpa)."""
+def pick_attention(setting: str | None, device: torch.device, dtype: torch.dtype, max_len: int | None) -> str | None:
+    """The attention implementation to load: `setting` (`model.attn_implementation`) when given; else "eager" for a
+    bf16 base on a CPU (autocast) when no row is longer than EAGER_MAX_LEN tokens (`max_len`, the run's cutoff;
+    None: unknown), else None (transformers' default, sdpa). A quantized base is CUDA-only, so it gets None too."""
+    if setting:
+        return setting
     if device.type == "cpu" and dtype == torch.bfloat16 and max_len is not None and max_len <= EAGER_MAX_LEN:
         return "eager"
     return None

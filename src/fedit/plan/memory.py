@@ -117,10 +117,10 @@ def activation_bytes(shape: ModelShape, cfg: Config, batch: PeakBatch, checkpoin
     act = torch.empty((), dtype=shape.dtype).element_size()
     tokens = batch.rows * batch.width
     gated = shape.model_type in GATED_MLP
-    from fedit.model.precision import default_attention
+    from fedit.model.precision import pick_attention
 
-    attn = cfg.model.attn_implementation or default_attention(torch.device(device), shape.dtype, cfg.data.cutoff_len)
-    eager = attn == "eager"
+    eager = pick_attention(cfg.model.attn_implementation, torch.device(device), shape.dtype,
+                           cfg.data.cutoff_len) == "eager"
     # per token, per layer, in bytes
     norms = 2 * 4 * h  # RMSNorm upcasts to float32 and keeps its input
     attention = act * (2 * q_width + 2 * kv_width) + 4 * d["heads"]  # q, k, v, output, log-sum-exp

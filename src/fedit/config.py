@@ -25,6 +25,7 @@ ENGINES = ("simulation", "flower", "flower-sim")
 WIRE_DTYPES = ("float32", "bfloat16", "int8")  # fedit.wire: how tensors cross between server and clients
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 DROPOUT_IMPLS = ("auto", "fast", "torch")  # fedit.model.dropout
+LORA_KERNELS = ("auto", "peft")  # fedit.model.fused_lora
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -51,6 +52,9 @@ class LoraConfig:
     # how dropout masks are drawn: auto = fast on a CPU (16-bit slices of 64-bit random words, fedit.model.dropout),
     # torch's nn.Dropout elsewhere | fast | torch
     dropout_impl: str = "auto"
+    # a LoRA linear layer's forward and backward: auto = one fused autograd function on a CPU (matmuls with the
+    # scaling and sums folded in, fedit.model.fused_lora), peft's own forward elsewhere | peft
+    kernel: str = "auto"
 
 
 @dataclass
@@ -330,6 +334,7 @@ class Config:
             (lo.alpha > 0, "lora.alpha", lo.alpha, "a number > 0"),
             (0 <= lo.dropout < 1, "lora.dropout", lo.dropout, "a number in [0, 1)"),
             (lo.dropout_impl in DROPOUT_IMPLS, "lora.dropout_impl", lo.dropout_impl, ", ".join(DROPOUT_IMPLS)),
+            (lo.kernel in LORA_KERNELS, "lora.kernel", lo.kernel, ", ".join(LORA_KERNELS)),
             (d.cutoff_len >= 8, "data.cutoff_len", d.cutoff_len, "an integer >= 8"),
             (c.warmup_steps >= 0, "client.warmup_steps", c.warmup_steps, "an integer >= 0"),
             (c.weight_decay >= 0, "client.weight_decay", c.weight_decay, "a number >= 0"),

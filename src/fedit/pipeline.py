@@ -25,6 +25,7 @@ from fedit.eval.evaluate import evaluate as evaluate_records
 from fedit.generation import GenerationSettings
 from fedit.model.base_delta import model_facts
 from fedit.model.dropout import resolve_dropout_impl, set_lora_dropout
+from fedit.model.fused_lora import resolve_kernel, set_lora_kernel
 from fedit.model.load import check_quantization, load_base, pick_device
 from fedit.model.lora import AdapterSlots, attach_lora, peft_lora_config, target_modules
 from fedit.server.checkpoint import RunStore
@@ -141,6 +142,7 @@ def build_model(cfg: Config) -> ModelBundle:
     base_name = cfg.model.name  # as configured: "tiny" for the shipped base, never this machine's site-packages path
     model = attach_lora(base, cfg.lora, seed=cfg.run.seed, gradient_checkpointing=cfg.client.gradient_checkpointing)
     set_lora_dropout(model, resolve_dropout_impl(cfg.lora.dropout_impl, base.device))
+    set_lora_kernel(model, resolve_kernel(cfg.lora.kernel, base.device))
     template = get_template(cfg.data.template, tokenizer)
     peft_config = peft_lora_config(cfg.lora, target_modules(base, cfg.lora.targets), base_name)
     trainer = LocalTrainer.for_model(model, tokenizer)

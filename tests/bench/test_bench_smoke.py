@@ -34,9 +34,9 @@ def test_throughput_smoke() -> None:
 
 def test_dtype_smoke_and_profile() -> None:
     res = dtype.run(smoke=True)
-    names = ("float32", "bf16", "fast_dropout", "auto")
+    names = ("float32", "bf16", "fast_dropout", "cpu_lora", "auto")
     assert tuple(res["contenders"]) == names
-    for k in ("dtype_speedup", "dtype_speedup_bf16_only", "dtype_speedup_dropout_only",
+    for k in ("dtype_speedup", "dtype_speedup_bf16_only", "dtype_speedup_dropout_only", "dtype_speedup_cpu_lora_only",
               *(f"{d}_{m}" for d in names for m in ("seconds", "loss"))):
         assert _positive(res[k]), k
     assert res["auto_dtype"] in ("float32", "bfloat16")

@@ -3,15 +3,19 @@ factor alone, and where the time goes.
 
 Work: one round of the embedded default (its config, model and built-in data; the 3 clients a round samples, 20
 local steps of 16 examples each), trained as the run trains it. Contenders, interleaved and repeated:
-  float32   `--dtype float32 --set lora.dropout_impl=torch`: no speed option (the reference; SDPA attention);
-  bf16      `--dtype bfloat16 --set lora.dropout_impl=torch`: precision alone: the frozen base stored in bf16,
-            forward and backward under CPU bf16 autocast with the attention it picks (eager for rows <= 256 tokens,
-            fedit.model.precision.pick_attention), LoRA weights, gradients and AdamW state in float32;
-  fast_dropout  `--dtype float32`: the cheaper CPU dropout masks alone (fedit.model.dropout);
-  auto      the default (`model.dtype = "auto"`, `lora.dropout_impl = "auto"`): bf16 on a CPU with bf16 matrix
-            units, float32 on one without; the cheaper masks on any CPU.
+  float32   `--dtype float32 --set lora.dropout_impl=torch --set lora.kernel=peft`: no speed option (the
+            reference; SDPA attention, peft's LoRA forward and nn.Dropout);
+  bf16      `--dtype bfloat16 --set lora.dropout_impl=torch --set lora.kernel=peft`: precision alone: the frozen
+            base stored in bf16, forward and backward under CPU bf16 autocast with the attention it picks (eager for
+            rows <= 256 tokens, fedit.model.precision.pick_attention), LoRA weights, gradients and AdamW state in
+            float32;
+  fast_dropout  `--dtype float32 --set lora.kernel=peft`: the cheaper CPU dropout masks alone (fedit.model.dropout);
+  cpu_lora  `--dtype float32`: the masks and the fused LoRA linear layer (fedit.model.fused_lora) without bf16;
+  auto      the default (`model.dtype = "auto"`, `lora.dropout_impl = "auto"`, `lora.kernel = "auto"`): bf16 on a
+            CPU with bf16 matrix units, float32 on one without; the cheaper masks and the fused layer on any CPU.
 `dtype_speedup` = float32 / auto (every speed option the default has counts), `dtype_speedup_bf16_only` = float32 /
-bf16, `dtype_speedup_dropout_only` = float32 / fast_dropout. `dtype_speedup_dolly256` repeats float32 vs auto at
+bf16, `dtype_speedup_dropout_only` = float32 / fast_dropout, `dtype_speedup_cpu_lora_only` = float32 / cpu_lora.
+`dtype_speedup_dolly256` repeats float32 vs auto at
 Dolly's shape (cutoff 256, loss on prompts too: longer rows), where bf16 matmuls pay more. A profile of one client's
 training by each contender (torch.profiler, self CPU time by operator class) shows where the remaining time goes.
 """
@@ -52,9 +56,10 @@ _CLASSES = (
 
 # contender -> its settings over the default config (module docstring)
 CONTENDERS: dict[str, dict[str, str]] = {
-    "float32": {"model.dtype": "float32", "lora.dropout_impl": "torch"},
-    "bf16": {"model.dtype": "bfloat16", "lora.dropout_impl": "torch"},
-    "fast_dropout": {"model.dtype": "float32"},
+    "float32": {"model.dtype": "float32", "lora.dropout_impl": "torch", "lora.kernel": "peft"},
+    "bf16": {"model.dtype": "bfloat16", "lora.dropout_impl": "torch", "lora.kernel": "peft"},
+    "fast_dropout": {"model.dtype": "float32", "lora.kernel": "peft"},
+    "cpu_lora": {"model.dtype": "float32"},
     "auto": {},
 }
 
@@ -144,6 +149,7 @@ def run(quick: bool = True, smoke: bool = False, model: str = "auto", data: str 
         **{f"{d}_loss": med[d]["loss"] for d in models},
         "dtype_speedup_bf16_only": ratio(sec["float32"], sec["bf16"]),
         "dtype_speedup_dropout_only": ratio(sec["float32"], sec["fast_dropout"]),
+        "dtype_speedup_cpu_lora_only": ratio(sec["float32"], sec["cpu_lora"]),
         "dtype_speedup": ratio(sec["float32"], sec["auto"]),
         "runs": runs,
     }
@@ -176,6 +182,7 @@ def rows(res: dict[str, Any]) -> list[Row]:
         Row("dtype_speedup (default vs float32)", res["dtype_speedup"], ">= 2.0", res["dtype_speedup"] >= 2.0),
         Row("dtype_speedup_bf16_only", res["dtype_speedup_bf16_only"], ">= 1.5", res["dtype_speedup_bf16_only"] >= 1.5),
         Row("dtype_speedup_dropout_only", res["dtype_speedup_dropout_only"]),
+        Row("dtype_speedup_cpu_lora_only (masks + fused LoRA)", res["dtype_speedup_cpu_lora_only"]),
     ]
     if "dtype_speedup_dolly256" in res:
         out.append(Row("default vs float32 at Dolly, cutoff 256", res["dtype_speedup_dolly256"]))

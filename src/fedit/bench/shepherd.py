@@ -187,20 +187,25 @@ QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]  # the LoRA targets of the issue
 
 @contextlib.contextmanager
 def plain_peft(model: Any) -> Any:
-    """`model` as plain peft + transformers run it while the block runs: peft's `nn.Dropout` masks and transformers'
-    default attention (sdpa), whatever fedit chose for it (`lora.dropout_impl`, `pick_attention`); then back."""
+    """`model` as plain peft + transformers run it while the block runs: peft's `nn.Dropout` masks, its LoRA
+    forward and transformers' default attention (sdpa), whatever fedit chose for it (`lora.dropout_impl`,
+    `lora.kernel`, `pick_attention`); then back."""
     from fedit.model.dropout import MaskDropout, set_lora_dropout
+    from fedit.model.fused_lora import kernel_of, set_lora_kernel
 
     base = model.get_base_model()
     attn = base.config._attn_implementation
     fast = any(isinstance(m, MaskDropout) for m in model.modules())
+    kernel = kernel_of(model)
     set_lora_dropout(model, "torch")
+    set_lora_kernel(model, "peft")
     base.set_attn_implementation("sdpa")
     try:
         yield
     finally:
         if fast:
             set_lora_dropout(model, "fast")
+        set_lora_kernel(model, kernel)
         base.set_attn_implementation(attn)
 
 

@@ -39,6 +39,7 @@ HEADLINE = {  # self-explaining top-level keys of the JSON file -> (benchmark, k
     "dtype_speedup": ("dtype", "dtype_speedup"),
     "dtype_speedup_bf16_only": ("dtype", "dtype_speedup_bf16_only"),
     "dtype_speedup_dropout_only": ("dtype", "dtype_speedup_dropout_only"),
+    "dtype_speedup_cpu_lora_only": ("dtype", "dtype_speedup_cpu_lora_only"),
     "dtype_speedup_dolly256": ("dtype", "dtype_speedup_dolly256"),
 }
 TARGETS = {"throughput_ratio": ">= 1.0", "round_overhead": "<= 1.03", "shepherd_speedup": ">= 2.0",
@@ -47,7 +48,7 @@ TARGETS = {"throughput_ratio": ">= 1.0", "round_overhead": "<= 1.03", "shepherd_
            "memory_ratio_200_vs_10_sampled": "<= 1.10", "partition_1000_seconds": "< 5",
            "bytes_match_payload_x_clients": "true", "aggregation_linear_r2": "> 0.95 (linear)",
            "flower_round_ratio": "<= 1.5", "dtype_speedup": ">= 2.0", "dtype_speedup_bf16_only": ">= 1.5",
-           "dtype_speedup_dropout_only": "reported"}
+           "dtype_speedup_dropout_only": "reported", "dtype_speedup_cpu_lora_only": "reported"}
 
 
 def _met(key: str, v: Any) -> bool | None:

@@ -40,13 +40,17 @@ class MaskDropout(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}, effective p={self.drops}/{_STEPS}"
 
+    def drop_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """A fresh mask for `x`: True where an element is dropped (u < k - 32768). One draw of the generator per
+        four elements; `fedit.model.fused_lora` draws through here too, so both take the same masks."""
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2 ** 63), None)
+        return words.view(torch.int16)[:n].view(x.shape) < self.drops - _STEPS // 2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.drops == 0:
             return x
-        n = x.numel()
-        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2 ** 63), None)
-        u = words.view(torch.int16)[:n].view(x.shape)
-        return torch.where(u >= self.drops - _STEPS // 2, x * self.scale, 0)
+        return torch.where(self.drop_mask(x), 0, x * self.scale)
 
 
 def resolve_dropout_impl(setting: str, device: torch.device | str) -> str:

@@ -75,6 +75,25 @@ def test_lora_term_uses_each_rows_client(setup, rows: tuple[int, int]) -> None:
     assert "forward" not in vars(mod)  # the layer's own forward is back
 
 
+def test_the_fused_forward_comes_back_after_a_batched_block(setup) -> None:
+    from fedit.model.fused_lora import kernel_of, set_lora_kernel
+
+    trainer, _ = setup
+    set_lora_kernel(trainer.model, "fused")
+    batch = _Batch(weights=[dict(trainer.slots.params)], generators=[torch.Generator()], segments=[(0, 0, 1, 5)],
+                   stacked=True)
+    try:
+        with batched_lora(trainer, batch):
+            assert kernel_of(trainer.model) == "fused"  # the batched forwards are instance forwards too
+            mod = trainer.model.base_model.model.model.layers[0].self_attn.q_proj
+            assert vars(mod)["forward"].__func__.__name__ == "forward"  # the batched one, not fused_forward
+        mod = trainer.model.base_model.model.model.layers[0].self_attn.q_proj
+        assert vars(mod)["forward"].__func__.__name__ == "fused_forward"
+    finally:
+        set_lora_kernel(trainer.model, "peft")
+    assert kernel_of(trainer.model) == "peft"
+
+
 def test_concat_pads_to_the_widest() -> None:
     a = {"input_ids": torch.tensor([[5, 6]]), "labels": torch.tensor([[-100, 6]]),
          "attention_mask": torch.tensor([[1, 1]])}

@@ -23,8 +23,8 @@ def test_a_case_worked_by_hand() -> None:
     w, bias = torch.tensor([[1.0, 0.0]]), torch.tensor([0.5])
     a = torch.tensor([[1.0, 1.0]], requires_grad=True)
     b = torch.tensor([[2.0]], requires_grad=True)
-    drop = torch.tensor([[False, True]])
-    y = FusedLoraLinear.apply(x, w, bias, a, b, drop, 0.5, torch.float32)
+    keep = torch.tensor([[True, False]])
+    y = FusedLoraLinear.apply(x, w, bias, a, b, keep, 0.5, torch.float32)
     assert y.tolist() == [[2.5]]
     y.sum().backward()
     assert b.grad.tolist() == [[0.5]] and a.grad.tolist() == [[1.0, 0.0]] and x.grad.tolist() == [[2.0, 0.0]]
@@ -39,19 +39,19 @@ def test_forward_and_gradients_equal_the_formula_in_float64(with_bias, with_drop
     bias = torch.randn(5, generator=g, dtype=torch.float64) if with_bias else None
     a = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    drop = torch.rand(2, 3, 6, generator=g) < 0.3 if with_drop else None
+    keep = torch.rand(2, 3, 6, generator=g) >= 0.3 if with_drop else None
     gy = torch.randn(2, 3, 5, generator=g, dtype=torch.float64)
     c = 0.7
-    y = FusedLoraLinear.apply(x, w, bias, a, b, drop, c, torch.float64)
+    y = FusedLoraLinear.apply(x, w, bias, a, b, keep, c, torch.float64)
     grads = torch.autograd.grad(y, (x, a, b), gy)
-    xd = x if drop is None else x * (~drop)
+    xd = x if keep is None else x * keep
     want = x @ w.T + (0 if bias is None else bias) + c * (xd @ a.T) @ b.T
     wgrads = torch.autograd.grad(want, (x, a, b), gy)
     torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
     for got, exp in zip(grads, wgrads, strict=True):
         torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-12)
-    if drop is not None:
-        assert drop.any() and (~drop).any()
+    if keep is not None:
+        assert keep.any() and (~keep).any()
 
 
 def _peft(dropout: float, bias: bool = True, seed: int = 0):

@@ -138,15 +138,19 @@ def _batched_forward(batch: _Batch, info: _Module) -> Any:
 @contextmanager
 def batched_lora(trainer: LocalTrainer, batch: _Batch) -> Iterator[list[_Module]]:
     """Route every LoRA layer of the live model through `batch` (per-client A and B by row) for the block's
-    duration; the layers' own forwards come back on exit."""
+    duration; the forwards they had (peft's or the fused one) come back on exit."""
     modules = lora_modules(trainer)
+    before = [mod.__dict__.get("forward") for mod, _ in modules]  # fedit.model.fused_lora's, or none (peft's)
     for mod, info in modules:
         mod.forward = types.MethodType(_batched_forward(batch, info), mod)
     try:
         yield [info for _, info in modules]
     finally:
-        for mod, _ in modules:
-            del mod.forward  # the instance attribute goes; the class's forward shows again
+        for (mod, _), fwd in zip(modules, before, strict=True):
+            if fwd is None:
+                del mod.forward  # the instance attribute goes; the class's forward shows again
+            else:
+                mod.forward = fwd
 
 
 def concat_micro(parts: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:

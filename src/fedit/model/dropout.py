@@ -40,17 +40,17 @@ class MaskDropout(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}, effective p={self.drops}/{_STEPS}"
 
-    def drop_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """A fresh mask for `x`: True where an element is dropped (u < k - 32768). One draw of the generator per
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """A fresh mask for `x`: True where an element is kept (u >= k - 32768). One draw of the generator per
         four elements; `fedit.model.fused_lora` draws through here too, so both take the same masks."""
         n = x.numel()
         words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2 ** 63), None)
-        return words.view(torch.int16)[:n].view(x.shape) < self.drops - _STEPS // 2
+        return words.view(torch.int16)[:n].view(x.shape) >= self.drops - _STEPS // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.drops == 0:
             return x
-        return torch.where(self.drop_mask(x), 0, x * self.scale)
+        return torch.where(self.keep_mask(x), x * self.scale, 0)
 
 
 def resolve_dropout_impl(setting: str, device: torch.device | str) -> str:

@@ -153,3 +153,16 @@ def test_rejects_plans_with_hooks(setup) -> None:
     with pytest.raises(ClientError, match="plain client plan"):
         train_batched(trainer, [BatchedJob(0, ClientTask(trainer.slots.get()), datas[0])], ClientConfig(),
                       round_idx=1, seed=0, plan=ProximalPlan(0.1))
+
+
+def test_the_rows_dropout_keeps_p_over_fedit_masks(setup) -> None:
+    from fedit.client.batched import lora_modules
+    from fedit.model.dropout import set_lora_dropout
+
+    trainer, _ = setup
+    assert {info.dropout for _, info in lora_modules(trainer)} == {0.1}
+    set_lora_dropout(trainer.model, "fast")  # MaskDropout is no nn.Dropout: its p was read as 0 (no dropout)
+    try:
+        assert {info.dropout for _, info in lora_modules(trainer)} == {0.1}
+    finally:
+        set_lora_dropout(trainer.model, "torch")

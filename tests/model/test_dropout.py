@@ -109,16 +109,18 @@ def test_auto_is_fast_on_cpu_only() -> None:
     assert LoraConfig().dropout_impl == "auto"
 
 
-def test_a_bad_dropout_impl_is_refused_before_a_run_directory_exists(tmp_path) -> None:
+@pytest.mark.parametrize(("key", "bad", "expected"), [("lora.dropout_impl", "philox", "auto, fast, torch"),
+                                                         ("lora.kernel", "triton", "auto, peft")])
+def test_a_bad_cpu_speed_option_is_refused_before_a_run_directory_exists(tmp_path, key, bad, expected) -> None:
     from typer.testing import CliRunner
 
     from fedit.cli import app
 
-    with pytest.raises(ConfigError, match=r"lora.dropout_impl: got 'philox', expected auto, fast, torch"):
-        Config().override({"lora.dropout_impl": "philox"}).validate()
+    with pytest.raises(ConfigError, match=rf"{key}: got '{bad}', expected {expected}"):
+        Config().override({key: bad}).validate()
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["run", "--out", str(out), "--set", "lora.dropout_impl=philox"])
-    assert res.exit_code != 0 and "lora.dropout_impl" in res.output
+    res = CliRunner().invoke(app, ["run", "--out", str(out), "--set", f"{key}={bad}"])
+    assert res.exit_code != 0 and key in res.output
     assert not out.exists()
 
 

@@ -10,7 +10,6 @@ import torch
 
 import fedit.model.fused_lora as fl
 from fedit.config import Config, LoraConfig
-from fedit.errors import ConfigError
 from fedit.model.dropout import MaskDropout, set_lora_dropout
 from fedit.model.fused_lora import FusedLoraLinear, kernel_of, resolve_kernel, set_lora_kernel
 
@@ -158,19 +157,6 @@ def test_set_lora_kernel_both_ways_and_auto_is_fused_on_cpu_only() -> None:
     assert LoraConfig().kernel == "auto"
     with pytest.raises(ValueError, match="lora.kernel: got 'triton'"):
         resolve_kernel("triton", "cpu")
-
-
-def test_a_bad_kernel_is_refused_before_a_run_directory_exists(tmp_path) -> None:
-    from typer.testing import CliRunner
-
-    from fedit.cli import app
-
-    with pytest.raises(ConfigError, match=r"lora.kernel: got 'triton', expected auto, peft"):
-        Config().override({"lora.kernel": "triton"}).validate()
-    out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["run", "--out", str(out), "--set", "lora.kernel=triton"])
-    assert res.exit_code != 0 and "lora.kernel" in res.output
-    assert not out.exists()
 
 
 def test_the_pipeline_fuses_on_cpu_unless_asked_and_training_matches_peft(micro_model_dir) -> None:

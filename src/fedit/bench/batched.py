@@ -29,8 +29,9 @@ def run(micros: list[int], steps: int, repeats: int, model: str = "tiny", ks: tu
     from fedit.types import ClientTask
 
     quiet()
+    # peft's masks and forward on both sides: the batched forward draws nn.Dropout's masks (like for like)
     cfg = Config().override({"model.name": model, "model.device": "cpu", "model.dtype": "float32",
-                             "client.local_steps": steps})
+                             "client.local_steps": steps, "lora.dropout_impl": "torch", "lora.kernel": "peft"})
     data = prepare_data(cfg)
     bundle = build_model(cfg)
     trainer = bundle.trainer

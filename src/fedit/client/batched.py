@@ -92,9 +92,10 @@ def lora_modules(trainer: LocalTrainer) -> list[tuple[Any, _Module]]:
         key_a, key_b = by_param.get(id(lora_a["default"].weight)), by_param.get(id(mod.lora_B["default"].weight))
         if key_a is None or key_b is None:
             raise ClientError(f"batched clients: cannot map the LoRA layer {name} to adapter payload keys")
-        drop = mod.lora_dropout["default"]
-        out.append((mod, _Module(name, key_a, key_b, float(mod.scaling["default"]),
-                                 float(drop.p) if isinstance(drop, torch.nn.Dropout) else 0.0)))
+        # p of peft's nn.Dropout or fedit's MaskDropout (nn.Identity: none); the rows' masks are drawn as
+        # nn.Dropout draws them, so only a model on peft's masks trains bit-equal to sequential clients
+        p = float(getattr(mod.lora_dropout["default"], "p", 0.0))
+        out.append((mod, _Module(name, key_a, key_b, float(mod.scaling["default"]), p)))
     return out
 
 

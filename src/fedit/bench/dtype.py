@@ -15,9 +15,9 @@ local steps of 16 examples each), trained as the run trains it. Contenders, inte
             CPU with bf16 matrix units, float32 on one without; the cheaper masks and the fused layer on any CPU.
 `dtype_speedup` = float32 / auto (every speed option the default has counts), `dtype_speedup_bf16_only` = float32 /
 bf16, `dtype_speedup_dropout_only` = float32 / fast_dropout, `dtype_speedup_cpu_lora_only` = float32 / cpu_lora.
-`dtype_speedup_dolly256` repeats float32 vs auto at
-Dolly's shape (cutoff 256, loss on prompts too: longer rows), where bf16 matmuls pay more. A profile of one client's
-training by each contender (torch.profiler, self CPU time by operator class) shows where the remaining time goes.
+`dtype_speedup_dolly256` repeats float32 vs auto at Dolly's shape (cutoff 256, loss on prompts too: longer rows),
+where bf16 matmuls pay more. A profile of one client's training by each contender (torch.profiler, self CPU time by
+operator class) shows where the remaining time goes.
 """
 
 from __future__ import annotations

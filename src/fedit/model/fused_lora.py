@@ -141,4 +141,5 @@ def set_lora_kernel(model: Any, kernel: str) -> int:
 
 def kernel_of(model: Any) -> str:
     """"fused" when any LoRA linear layer of `model` has the fused forward, else "peft"."""
-    return "fused" if any("forward" in m.__dict__ for m in _lora_linears(model)) else "peft"
+    fused = (getattr(m.__dict__.get("forward"), "__func__", None) is fused_forward for m in _lora_linears(model))
+    return "fused" if any(fused) else "peft"

@@ -30,21 +30,28 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
+    from fedit.config import parse_setting
+    from fedit.errors import ConfigError
+
     over = {}
     for item in args.sets:
         key, sep, value = item.partition("=")
         if not sep:
             ap.error(f"--set {item!r}: expected KEY=VALUE")
-        over[key] = value
+        try:
+            over[key] = parse_setting(key, value)
+        except ConfigError as e:
+            ap.error(str(e))
 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from fedit.bench.common import bench_config, client_data, quiet
     from fedit.bench.dtype import _class_of
-    from fedit.client.train import train_client
+    from fedit.client.train import num_local_steps, train_client
     from fedit.config import Config
     from fedit.data.tokenize import tokenize_records
+    from fedit.model.load import pick_dtype
     from fedit.pipeline import build_model, prepare_data
 
     quiet()
@@ -80,6 +87,8 @@ def main() -> None:
         by[_class_of(e.key)] += e.self_cpu_time_total / 1e3
     total = sum(by.values())
     print(f"{args.shape}: {len(data.lengths)} examples, mean {sum(data.lengths) / len(data.lengths):.1f} tokens, "
+          f"{num_local_steps(ccfg, len(data.lengths))} local steps, model.dtype {cfg.model.dtype} "
+          f"({str(pick_dtype(cfg.model.dtype, torch.device('cpu'))).removeprefix('torch.')}), "
           f"{args.threads} threads, one client's training {wall:.2f} s (profiled call: {total:.0f} ms of ops)")
     print("by class: " + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(by.items(), key=lambda kv: -kv[1])))
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]:

@@ -10,10 +10,8 @@ key=value overrides the config (e.g. `--set model.dtype=float32`).
 """
 
 import argparse
-import dataclasses
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 try:
@@ -47,7 +45,7 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from fedit.bench.common import bench_config, client_data, quiet
-    from fedit.bench.dtype import _class_of
+    from fedit.bench.dtype import class_shares
     from fedit.client.train import num_local_steps, train_client
     from fedit.config import Config
     from fedit.data.tokenize import tokenize_records
@@ -69,11 +67,10 @@ def main() -> None:
         print(f"data: {source}")
     data = tokenize_records(records, bundle.template, bundle.tokenizer, cfg.data.cutoff_len, cfg.data.train_on_inputs,
                             cfg.data.add_eos)
-    ccfg = dataclasses.replace(cfg.client)
     init = bundle.trainer.slots.get()
 
     def train(round_idx: int) -> None:
-        train_client(bundle.trainer, init, data, ccfg, client_id=0, round_idx=round_idx, seed=0)
+        train_client(bundle.trainer, init, data, cfg.client, client_id=0, round_idx=round_idx, seed=0)
 
     train(1)
     t0 = time.perf_counter()
@@ -82,15 +79,12 @@ def main() -> None:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         train(3)
     events = prof.key_averages()
-    by: dict[str, float] = defaultdict(float)
-    for e in events:
-        by[_class_of(e.key)] += e.self_cpu_time_total / 1e3
-    total = sum(by.values())
+    total = sum(e.self_cpu_time_total for e in events) / 1e3
     print(f"{args.shape}: {len(data.lengths)} examples, mean {sum(data.lengths) / len(data.lengths):.1f} tokens, "
-          f"{num_local_steps(ccfg, len(data.lengths))} local steps, model.dtype {cfg.model.dtype} "
+          f"{num_local_steps(cfg.client, len(data.lengths))} local steps, model.dtype {cfg.model.dtype} "
           f"({str(pick_dtype(cfg.model.dtype, torch.device('cpu'))).removeprefix('torch.')}), "
           f"{args.threads} threads, one client's training {wall:.2f} s (profiled call: {total:.0f} ms of ops)")
-    print("by class: " + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(by.items(), key=lambda kv: -kv[1])))
+    print("by class: " + ", ".join(f"{k} {v:.0%}" for k, v in class_shares(events).items()))
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]:
         print(f"{e.self_cpu_time_total / 1e3:9.1f} ms {e.count:6d} calls  {e.key}")
 

@@ -79,13 +79,20 @@ def profile_shares(train: Any) -> dict[str, float]:
         t0 = time.perf_counter()
         train()
         wall = time.perf_counter() - t0
-    by: dict[str, float] = defaultdict(float)
-    for e in prof.key_averages():
-        by[_class_of(e.key)] += e.self_cpu_time_total / 1e6
-    total = sum(by.values())
-    out = {k: v / total for k, v in sorted(by.items(), key=lambda kv: -kv[1])}
+    events = prof.key_averages()
+    out = class_shares(events)
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
     out["ops_seconds_over_wall"] = total / wall  # > 1: ops overlap on threads; < 1: time outside the ops
     return out
+
+
+def class_shares(events: Any) -> dict[str, float]:
+    """Share of self CPU time per operator class of torch.profiler's `key_averages()`, largest first."""
+    by: dict[str, float] = defaultdict(float)
+    for e in events:
+        by[_class_of(e.key)] += e.self_cpu_time_total
+    total = sum(by.values())
+    return {k: v / total for k, v in sorted(by.items(), key=lambda kv: -kv[1])}
 
 
 def _setup(cfg: Any) -> tuple[Any, Any]:

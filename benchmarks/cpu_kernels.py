@@ -49,7 +49,6 @@ def _one_dtype(torch, dt, m: int, n: int) -> None:  # noqa: ANN001 - torch impor
           f"where {_us(lambda: torch.where(keep, x, 0), n):.0f}, x * uint8 view {_us(lambda: x * keep_u8, n):.0f}")
 
 
-
 def _block_ops(torch, n: int) -> None:  # noqa: ANN001
     from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
@@ -108,6 +107,7 @@ def main() -> None:
         _one_dtype(torch, dt, m, n)
     _block_ops(torch, n)
     _generators(torch, n)
+
 
 if __name__ == "__main__":
     main()

@@ -46,6 +46,7 @@ def main() -> None:
 
     from fedit.bench.common import bench_config, client_data, quiet
     from fedit.bench.dtype import class_shares
+    from fedit.bench.shepherd import QKVO
     from fedit.client.train import num_local_steps, train_client
     from fedit.config import Config
     from fedit.data.tokenize import tokenize_records
@@ -61,7 +62,7 @@ def main() -> None:
     else:
         cfg = bench_config("tiny", **{"client.batch_size": 16, "client.micro_batch_size": 8, "data.cutoff_len": 256,
                                       "data.train_on_inputs": False,
-                                      "lora.targets": ["q_proj", "k_proj", "v_proj", "o_proj"], **over})
+                                      "lora.targets": QKVO, **over})
         bundle = build_model(cfg)
         [records], source = client_data(1, 64, args.data, smoke=False, mixed=True)
         print(f"data: {source}")
